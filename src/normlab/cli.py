@@ -1,0 +1,239 @@
+"""The `normlab` command line: a thin layer that parses flags, draws progress and tables, and
+turns `NormlabError` into one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from typer.exceptions import TyperException
+
+from normlab.config import (
+    DEFAULT_L1,
+    DEFAULT_L2,
+    DEFAULT_VARIANTS,
+    StudyConfig,
+    TrainOptions,
+    Variant,
+    parse_variants,
+)
+from normlab.errors import NormlabError
+from normlab.models import ARCHS, Net, count_params, layer_summary
+from normlab.norms import NORM_NAMES, NORMS
+from normlab.study import Reporter, run_study
+from normlab.train import EpochMetrics
+
+app = typer.Typer(
+    help="normlab: the normalization study (BatchNorm, GroupNorm, LayerNorm), fast and "
+    "reproducible.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichReporter(Reporter):
+    """Draws one progress bar per run and prints a line per finished epoch."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: int | None = None
+
+    def run_started(self, variant: Variant, seed: int, total_steps: int, done_steps: int) -> None:
+        self.task = self.progress.add_task(
+            f"{variant.name} seed {seed}", total=total_steps, completed=done_steps
+        )
+
+    def step(self) -> None:
+        self.progress.advance(self.task)
+
+    def epoch_done(self, variant: Variant, seed: int, m: EpochMetrics) -> None:
+        self.progress.console.print(
+            f"{variant.name:>10} seed {seed} epoch {m.epoch:>3}  "
+            f"train loss {m.train_loss:.4f} acc {m.train_acc:6.2f}%  "
+            f"test loss {m.test_loss:.4f} acc {m.test_acc:6.2f}%  "
+            f"lr {m.lr:.4f}  {m.seconds:5.1f}s"
+        )
+
+    def run_done(self, variant: Variant, seed: int, status: str, skipped: bool) -> None:
+        if skipped:
+            self.progress.console.print(
+                f"{variant.name:>10} seed {seed}: already {status} in this folder, skipped"
+            )
+        elif status == "diverged":
+            self.progress.console.print(
+                f"[red]{variant.name:>10} seed {seed}: diverged (non-finite loss)[/red]"
+            )
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    """The end-of-study table: one row per variant."""
+    table = Table(title=title)
+    for col in (
+        "variant",
+        "params",
+        "final test acc %",
+        "best test acc %",
+        "best epoch",
+        "s / epoch",
+        "status",
+    ):
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right")
+    for v in summary["variants"]:
+        spread = f" ± {v['final_test_acc_std']:.2f}" if "final_test_acc_std" in v else ""
+        per_epoch = v["seconds"] / v["epochs"] if v.get("epochs") else float("nan")
+        table.add_row(
+            v["name"],
+            f"{v['params']:,}",
+            f"{v['final_test_acc']:.2f}{spread}" if "final_test_acc" in v else "-",
+            f"{v['best_test_acc']:.2f}" if "best_test_acc" in v else "-",
+            f"{v.get('best_epoch', '-')}",
+            f"{per_epoch:.1f}",
+            v["status"],
+        )
+    return table
+
+
+@app.command()
+def run(
+    dataset: Annotated[str, typer.Option(help="Dataset to study.")] = "mnist",
+    data_dir: Annotated[
+        Path, typer.Option(help="Where datasets live (downloaded there when missing).")
+    ] = Path("data"),
+    variants: Annotated[
+        str,
+        typer.Option(help=f"Comma-separated variants: NORM[+l1][+l2], NORM in {', '.join(NORMS)}."),
+    ] = ",".join(DEFAULT_VARIANTS),
+    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 20,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (0..N-1).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    limit_train: Annotated[
+        int | None, typer.Option(help="Use only the first N training images.")
+    ] = None,
+    limit_test: Annotated[
+        int | None, typer.Option(help="Use only the first N test images.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Study folder [default: runs/<dataset>-<timestamp>].")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the OneCycle schedule.")] = 0.1,
+    l1: Annotated[float, typer.Option(help="Strength λ of +l1 (λ·Σ|w| on conv weights).")] = (
+        DEFAULT_L1
+    ),
+    l2: Annotated[float, typer.Option(help="Strength of +l2 (weight decay on conv weights).")] = (
+        DEFAULT_L2
+    ),
+    groups: Annotated[
+        int | None, typer.Option(help="GroupNorm groups [default: about 4 channels a group].")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the hardware is fast at it), bf16 or fp32.")
+    ] = "auto",
+    fresh: Annotated[
+        bool, typer.Option(help="Discard a study already in --out instead of resuming it.")
+    ] = False,
+) -> None:
+    """Train every variant for every seed and write the study folder."""
+    config = StudyConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        variants=tuple(parse_variants(variants, l1, l2)),
+        seeds=seeds,
+        train=TrainOptions(
+            epochs=epochs, batch_size=batch_size, lr=lr, groups=groups, precision=precision
+        ),
+        limit_train=limit_train,
+        limit_test=limit_test,
+        device=device,
+    )
+    # Fail on a bad group count now, not after the data has loaded.
+    for v in config.variants:
+        Net(v.norm, groups=groups, arch=ARCHS.get(dataset, ARCHS["mnist"]))
+    out = out or Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(
+        f"normlab: study of {', '.join(v.name for v in config.variants)} on {dataset}, "
+        f"{epochs} epochs x {seeds} seed(s) -> {out}"
+    )
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        summary = run_study(config, out, RichReporter(progress), fresh=fresh)
+    console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
+    console.print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
+
+
+@app.command()
+def params(
+    dataset: Annotated[str, typer.Option(help="Which network: one per input shape.")] = "mnist",
+    norm: Annotated[str, typer.Option(help="Norm to show the layers of.")] = "gn",
+    groups: Annotated[int | None, typer.Option(help="GroupNorm groups.")] = None,
+) -> None:
+    """Print the network's per-layer parameter summary, and the total for every norm."""
+    if dataset not in ARCHS:
+        raise NormlabError(f"unknown dataset {dataset!r}; choose one of {', '.join(ARCHS)}")
+    shape = {"mnist": (1, 28, 28)}[dataset]
+    model = Net(norm, in_channels=shape[0], groups=groups, arch=ARCHS[dataset])
+    table = Table(title=f"{dataset} network with {NORM_NAMES.get(norm, norm)}: {ARCHS[dataset]}")
+    for col in ("layer", "type", "output (C, H, W)", "params"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for row in layer_summary(model, shape):
+        table.add_row(row.name, row.kind, "x".join(map(str, row.out_shape)), f"{row.params:,}")
+    table.add_row("", "total", "", f"{count_params(model):,}")
+    console.print(table)
+    totals = ", ".join(
+        f"{n}: {count_params(Net(n, shape[0], groups=groups, arch=ARCHS[dataset])):,}"
+        for n in NORMS
+    )
+    console.print(f"parameters per norm: {totals}")
+
+
+def main() -> None:
+    """Entry point: usage and input errors become one line on stderr and exit status 2."""
+    try:
+        code = app(standalone_mode=False)
+    except NormlabError as exc:
+        err_console.print(f"normlab: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(
+            f"normlab: error: {exc.format_message()}{hint}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print(
+            "normlab: interrupted; finished runs are kept, re-run to resume",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(130)
+    sys.exit(code or 0)

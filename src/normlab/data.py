@@ -1,0 +1,140 @@
+"""Datasets as uint8 tensors on the training device.
+
+Decoding is done once. After that a split is one uint8 tensor (N, C, H, W) plus int64 labels,
+living on the device that trains; batches are slices of it, and normalization and augmentation
+run a whole batch at a time there (see `augment.py`). Per-image PIL transforms inside the
+training loop are what make typical implementations slow, so there are none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from normlab.errors import NormlabError
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass
+class Split:
+    """One split: images uint8 (N, C, H, W) and labels int64 (N,), on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def head(self, limit: int | None) -> Split:
+        """The first `limit` images (all when None): a fixed, reproducible subset."""
+        if limit is None or limit >= len(self):
+            return self
+        return Split(self.images[:limit], self.labels[:limit])
+
+
+@dataclass
+class Dataset:
+    """Both splits plus what the model and the figures need to know about them."""
+
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(
+            self.name,
+            self.train.to(device),
+            self.test.to(device),
+            self.classes,
+            self.mean,
+            self.std,
+        )
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, computed in float64 so the
+    sums over millions of pixels stay exact."""
+    x = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
+    """MNIST through torchvision, from `data_dir/MNIST/raw` (downloaded there when missing)."""
+    from torchvision.datasets import MNIST
+
+    raw = Path(data_dir) / "MNIST" / "raw"
+    try:
+        train = MNIST(str(data_dir), train=True, download=download)
+        test = MNIST(str(data_dir), train=False, download=download)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ValueError
+        missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+        if missing:
+            raise NormlabError(
+                f"MNIST not found in {raw} and could not be downloaded ({type(exc).__name__}); "
+                f"put {', '.join(MNIST_FILES)} there or run where the internet is reachable"
+            ) from None
+        raise NormlabError(
+            f"MNIST files in {raw} could not be read ({exc}); they may be truncated or "
+            "corrupt: delete them and download again"
+        ) from None
+    splits = [Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in (train, test)]
+    mean, std = channel_stats(splits[0].images)
+    return Dataset("mnist", splits[0], splits[1], [str(i) for i in range(10)], mean, std)
+
+
+LOADERS = {"mnist": load_mnist}
+
+
+def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
+    """Load a dataset by name."""
+    try:
+        loader = LOADERS[name]
+    except KeyError:
+        raise NormlabError(
+            f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}"
+        ) from None
+    return loader(Path(data_dir), download)
+
+
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Slices of a split: shuffled with `generator` (training) or in order (evaluation).
+
+    When shuffling, the last incomplete batch is dropped (a different one each epoch), so
+    BatchNorm never sees a batch of one; a split smaller than a batch is one batch.
+    """
+    n = len(split)
+    if generator is None:
+        for i in range(0, n, batch_size):
+            yield split.images[i : i + batch_size], split.labels[i : i + batch_size]
+        return
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    steps = max(1, n // batch_size)
+    for i in range(steps):
+        idx = order[i * batch_size : (i + 1) * batch_size]
+        yield split.images[idx], split.labels[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches `batches` yields per shuffled epoch."""
+    return max(1, n // batch_size)

@@ -1,0 +1,109 @@
+"""The one network of the study: the same architecture for every norm, only the norm differs.
+
+An architecture is a short spec string read left to right, so a reader sees the whole network
+on one line and the parameter summary can name every layer:
+
+    16    3x3 convolution to 16 channels, padding 1, then norm and ReLU
+    16v   3x3 convolution to 16 channels without padding ("valid"), then norm and ReLU
+    16t   1x1 transition convolution to 16 channels, then norm and ReLU
+    M     2x2 max pooling
+
+After the spec comes the head: global average pooling and a 1x1 convolution to the classes (no
+fully connected layers, so the parameter count does not depend on the input size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from normlab.errors import NormlabError
+from normlab.norms import make_norm
+
+# Chosen for accuracy per FLOP on a CPU: pool after one full-resolution convolution, spend the
+# channels at 12x12 and below where they are cheap.
+ARCHS: dict[str, str] = {
+    "mnist": "16 M 16v 24v M 24 32",
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the parameter summary."""
+
+    name: str
+    kind: str
+    out_shape: tuple[int, ...]
+    params: int
+
+
+class Net(nn.Module):
+    """Convolution blocks, max pooling, global average pooling head; `norm` picks the norm."""
+
+    def __init__(
+        self,
+        norm: str = "bn",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        groups: int | None = None,
+        arch: str = ARCHS["mnist"],
+    ) -> None:
+        super().__init__()
+        self.norm, self.arch = norm, arch
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for token in arch.split():
+            if token == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            kind = token[-1] if token[-1] in "vt" else ""
+            try:
+                out = int(token.rstrip("vt"))
+            except ValueError:
+                raise NormlabError(
+                    f"bad architecture token {token!r} in {arch!r}; "
+                    "use e.g. '16', '16v', '16t' or 'M'"
+                ) from None
+            size, pad = (1, 0) if kind == "t" else (3, 0 if kind == "v" else 1)
+            layers += [
+                nn.Conv2d(channels, out, size, padding=pad, bias=norm == "none"),
+                make_norm(norm, out, groups),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = x.mean(dim=(2, 3), keepdim=True)
+        return self.head(x).flatten(1)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters (running statistics are buffers and do not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_summary(model: Net, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
+    """Per-layer output shape and parameter count, found by tracing one dummy input."""
+    rows: list[LayerInfo] = []
+    hooks = []
+    named = [*model.features.named_children(), ("head", model.head)]
+    for name, module in named:
+
+        def record(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+            n = sum(p.numel() for p in mod.parameters())
+            rows.append(LayerInfo(name, type(mod).__name__, tuple(out.shape[1:]), n))
+
+        hooks.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return rows

@@ -1,0 +1,284 @@
+"""One training run: a fresh model from its seed, SGD + OneCycle, L1/L2, per-epoch metrics.
+
+Read it top to bottom like pytorch/examples' mnist/main.py: `train_run` builds the model and the
+optimizer, then alternates `train_epoch` and `evaluate`. Nothing in the loop copies to the host
+per step: the loss and correct counts are summed on the device and read once per epoch.
+
+Regularizers act on the convolution weights only (the `weight` of every Conv2d, head included):
+L1 adds `l1 * sum|w|` to the loss, L2 is SGD weight decay on the same tensors. Norm scales and
+shifts and biases are left alone: penalizing BatchNorm's gamma would prune channels through the
+norm itself (network slimming), which would confound a comparison *between* norms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normlab.augment import prepare_batch
+from normlab.config import TrainOptions, Variant
+from normlab.data import Dataset, Split, batches, steps_per_epoch
+from normlab.errors import NormlabError
+from normlab.models import ARCHS, Net, count_params
+
+
+@dataclass
+class EpochMetrics:
+    """One row of metrics.csv. Accuracies in percent, losses averaged over the samples."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    """Everything a run leaves behind: what the results store writes and the report reads."""
+
+    variant: Variant
+    seed: int
+    params: int
+    metrics: list[EpochMetrics]
+    state_dict: dict[str, torch.Tensor]
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
+    status: str = "finished"  # or "diverged"
+    diverged_epoch: int | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NormlabError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 autocast where the hardware has fast bf16: CUDA, or a CPU with AVX512-BF16/AMX."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def set_cpu_threads() -> int:
+    """One busy thread per core this process may use: oversubscribed OpenMP is many times
+    slower than it should be on a small machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, min(torch.get_num_threads(), cores or 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def memory_format(device: torch.device, norm: str) -> torch.memory_format:
+    """channels_last, except GroupNorm/InstanceNorm on CPU: PyTorch's CPU GroupNorm kernel for
+    more than one group is about 2x slower on channels_last bf16 input (measured with
+    `normlab bench`), while BatchNorm and LayerNorm (one group) run faster on it."""
+    if device.type == "cpu" and norm in ("gn", "in"):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
+    """A fresh model whose initial weights depend only on `seed`."""
+    torch.manual_seed(seed)
+    return Net(
+        norm=variant.norm,
+        in_channels=dataset.input_shape[0],
+        num_classes=len(dataset.classes),
+        groups=opts.groups,
+        arch=ARCHS[dataset.name],
+    )
+
+
+def conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors L1 and L2 act on (see the module docstring for why only these)."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """`strength * sum|w|` over the convolution weights."""
+    return strength * torch.stack([w.abs().sum() for w in conv_weights(model)]).sum()
+
+
+def make_optimizer(
+    model: nn.Module, variant: Variant, opts: TrainOptions, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and a OneCycle schedule; weight decay = the variant's L2."""
+    decayed = {id(w) for w in conv_weights(model)}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": variant.l2},
+        {"params": [p for p in model.parameters() if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=opts.momentum > 0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=opts.lr,
+        total_steps=total_steps,
+        pct_start=0.25,
+        anneal_strategy="linear",
+        div_factor=10,
+        final_div_factor=100,
+    )
+    return opt, sched
+
+
+def augmentation_for(dataset: Dataset, opts: TrainOptions) -> str:
+    """The augmentation to use: `auto` means the dataset's default."""
+    return {"mnist": "digits"}.get(dataset.name, "none") if opts.augment == "auto" else opts.augment
+
+
+def train_epoch(
+    model: nn.Module,
+    data: Dataset,
+    variant: Variant,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    opts: TrainOptions,
+    bf16: bool,
+    augment: str,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """One pass over the shuffled training split; returns (mean loss, accuracy %)."""
+    model.train()
+    device = data.train.images.device
+    fmt = memory_format(device, variant.norm)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels in batches(data.train, opts.batch_size, generator):
+        x = prepare_batch(images, data.mean, data.std, generator, augment)
+        x = x.contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        total = loss + l1_penalty(model, variant.l1) if variant.l1 else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if on_step is not None:
+            on_step()
+    return loss_sum.item() / seen, 100.0 * correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    data: Dataset,
+    batch_size: int,
+    bf16: bool,
+    fmt: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float, dict[str, torch.Tensor]]:
+    """Mean loss, accuracy % and per-image predictions (class and confidence) on a split."""
+    model.eval()
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device)
+    preds, confs = [], []
+    for images, labels in batches(split, batch_size):
+        x = prepare_batch(images, data.mean, data.std).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        conf, pred = logits.softmax(1).max(1)
+        preds.append(pred)
+        confs.append(conf)
+    pred, conf = torch.cat(preds), torch.cat(confs)
+    acc = 100.0 * (pred == split.labels).float().mean().item()
+    predictions = {
+        "pred": pred.to(torch.uint8).cpu(),
+        "conf": conf.cpu(),
+        "target": split.labels.to(torch.uint8).cpu(),
+    }
+    return loss_sum.item() / len(split), acc, predictions
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_run(
+    variant: Variant,
+    seed: int,
+    data: Dataset,
+    opts: TrainOptions,
+    device: torch.device,
+    on_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    checkpoint: Path | None = None,
+) -> RunResult:
+    """Train one variant with one seed; `data` must already be on `device`.
+
+    With `checkpoint`, the full training state (model, optimizer, schedule, random generator,
+    metrics so far) is written atomically after every epoch, and a run finds its checkpoint
+    and continues from it, with the same result as if it had never stopped.
+    """
+    fmt = memory_format(device, variant.norm)
+    model = build_model(variant, data, opts, seed).to(device, memory_format=fmt)
+    steps = steps_per_epoch(len(data.train), opts.batch_size)
+    opt, sched = make_optimizer(model, variant, opts, opts.epochs * steps)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    bf16, augment = use_bf16(device, opts.precision), augmentation_for(data, opts)
+    metrics: list[EpochMetrics] = []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"].cpu())
+        metrics = [EpochMetrics(**m) for m in state["metrics"]]
+    result = RunResult(variant, seed, count_params(model), metrics, {})
+    for epoch in range(len(metrics) + 1, opts.epochs + 1):
+        start = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(
+            model, data, variant, opt, sched, generator, opts, bf16, augment, on_step
+        )
+        if not math.isfinite(train_loss):
+            result.status, result.diverged_epoch = "diverged", epoch
+            break
+        test_loss, test_acc, result.predictions = evaluate(
+            model, data.test, data, opts.eval_batch_size, bf16, fmt
+        )
+        m = EpochMetrics(
+            epoch, train_loss, train_acc, test_loss, test_acc, lr, time.perf_counter() - start
+        )
+        metrics.append(m)
+        if checkpoint is not None:
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": generator.get_state(),
+                    "metrics": [asdict(x) for x in metrics],
+                },
+                checkpoint,
+            )
+        if on_epoch is not None:
+            on_epoch(m)
+    if not result.predictions and result.status == "finished":
+        _, _, result.predictions = evaluate(model, data.test, data, opts.eval_batch_size, bf16, fmt)
+    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return result
