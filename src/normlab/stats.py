@@ -24,4 +24,4 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
         return mean, math.nan, math.nan
     half = sps.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values)
     half /= math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    return mean, float(mean - half), float(mean + half)
