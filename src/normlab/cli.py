@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -55,6 +55,11 @@ class RichReporter(Reporter):
         self.task: int | None = None
 
     def run_started(self, variant: Variant, seed: int, total_steps: int, done_steps: int) -> None:
+        if done_steps:
+            self.progress.console.print(
+                f"{variant.name:>10} seed {seed}: resuming from its checkpoint "
+                f"({done_steps}/{total_steps} steps already done)"
+            )
         self.task = self.progress.add_task(
             f"{variant.name} seed {seed}", total=total_steps, completed=done_steps
         )
@@ -169,8 +174,9 @@ def run(
     for v in config.variants:
         Net(v.norm, groups=groups, arch=ARCHS.get(dataset, ARCHS["mnist"]))
     out = out or Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resuming = "resuming the " if not fresh and (out / "study.json").exists() else ""
     console.print(
-        f"normlab: study of {', '.join(v.name for v in config.variants)} on {dataset}, "
+        f"normlab: {resuming}study of {', '.join(v.name for v in config.variants)} on {dataset}, "
         f"{epochs} epochs x {seeds} seed(s) -> {out}"
     )
     start = time.perf_counter()
@@ -212,23 +218,27 @@ def params(
     console.print(f"parameters per norm: {totals}")
 
 
+def fail(message: str) -> NoReturn:
+    """Print `message` as exactly one line on stderr (newlines from wrapped library or OS
+    messages folded) and exit with status 2."""
+    line = " ".join(message.split())
+    err_console.print(f"normlab: error: {line}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: usage and input errors become one line on stderr and exit status 2."""
     try:
         code = app(standalone_mode=False)
     except NormlabError as exc:
-        err_console.print(f"normlab: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(str(exc))
+    except OSError as exc:  # a safety net: the library wraps the OS errors it expects
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}")
     except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        err_console.print(
-            f"normlab: error: {exc.format_message()}{hint}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(2)
+        fail(f"{exc.format_message()}{hint}")
     except (typer.Abort, KeyboardInterrupt):
         err_console.print(
             "normlab: interrupted; finished runs are kept, re-run to resume",

@@ -9,6 +9,7 @@ the settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,25 @@ DEFAULT_L2 = 1e-4  # SGD weight decay
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
+AUGMENTS = ("auto", "none", "digits")
+
+
+def is_number(value: object) -> bool:
+    """A real number as a setting: int or float, but not bool (YAML's `yes` is not 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_count(value: object) -> bool:
+    """A positive int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def spell_strength(value: float) -> str:
+    """The shortest spelling of a strength that parses back to exactly `value`: `:g` where it
+    is exact (5e-05), else repr. Folder names are variant names, so two different strengths
+    must never share one, and name -> parse -> name must be the identity."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -30,13 +50,24 @@ class Variant:
     l1: float = 0.0
     l2: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise NormlabError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        for reg in ("l1", "l2"):
+            value = getattr(self, reg)
+            if not is_number(value) or not 0 <= value < math.inf:
+                raise NormlabError(
+                    f"variant {self.norm!r}: {reg} strength must be a non-negative finite "
+                    f"number, got {value!r}"
+                )
+
     @property
     def name(self) -> str:
         """The canonical spelling, also the variant's folder name: `bn+l1`, `gn+l2=0.002`."""
         parts = [self.norm]
         for reg, value, default in (("l1", self.l1, DEFAULT_L1), ("l2", self.l2, DEFAULT_L2)):
             if value:
-                parts.append(reg if value == default else f"{reg}={value:g}")
+                parts.append(reg if value == default else f"{reg}={spell_strength(value)}")
         return "+".join(parts)
 
 
@@ -97,18 +128,22 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not is_count(value):
                 flag = name.replace("_", "-")
                 raise NormlabError(f"--{flag} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise NormlabError(f"--lr must be positive, got {self.lr!r}")
-        if not 0 <= self.momentum < 1:
-            raise NormlabError(f"--momentum must be in [0, 1), got {self.momentum!r}")
-        if self.groups is not None and self.groups < 1:
+        if not is_number(self.lr) or not 0 < self.lr < math.inf:
+            raise NormlabError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if not is_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise NormlabError(f"--momentum must be a number in [0, 1), got {self.momentum!r}")
+        if self.groups is not None and not is_count(self.groups):
             raise NormlabError(f"--groups must be a positive integer, got {self.groups!r}")
         if self.precision not in PRECISIONS:
             raise NormlabError(
                 f"--precision {self.precision!r} unknown; choose one of {', '.join(PRECISIONS)}"
+            )
+        if self.augment not in AUGMENTS:
+            raise NormlabError(
+                f"--augment {self.augment!r} unknown; choose one of {', '.join(AUGMENTS)}"
             )
 
 
@@ -128,11 +163,23 @@ class StudyConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seeds, int) or self.seeds < 1:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise NormlabError(f"--dataset must be a name or a folder, got {self.dataset!r}")
+        if not isinstance(self.data_dir, (str, Path)):
+            raise NormlabError(f"--data-dir must be a folder, got {self.data_dir!r}")
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # frozen: coerce str once
+        if not isinstance(self.train, TrainOptions):
+            raise NormlabError(f"train options must be TrainOptions, got {self.train!r}")
+        if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
+            raise NormlabError(f"variants must be a non-empty list, got {self.variants!r}")
+        names = [v.name for v in self.variants]
+        if len(set(names)) < len(names):
+            raise NormlabError(f"a variant is listed twice in {names}; list each variant once")
+        if not is_count(self.seeds):
             raise NormlabError(f"--seeds must be a positive integer, got {self.seeds!r}")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and not is_count(value):
                 flag = name.replace("_", "-")
                 raise NormlabError(f"--{flag} must be a positive integer, got {value!r}")
         if self.device not in DEVICES:
@@ -149,10 +196,37 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> StudyConfig:
-        """Inverse of `to_dict` (extra keys such as versions are ignored)."""
+        """Inverse of `to_dict` (extra top-level keys such as versions are ignored). Anything
+        malformed, as in a hand-edited study.json, is a NormlabError, never a TypeError."""
+        if not isinstance(d, dict):
+            raise NormlabError(f"a study configuration must be a mapping, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        kw["data_dir"] = Path(kw.get("data_dir", "data"))
-        kw["variants"] = tuple(Variant(v["norm"], v["l1"], v["l2"]) for v in kw.get("variants", []))
-        kw["train"] = TrainOptions(**kw.get("train", {}))
+        kw["data_dir"] = kw.get("data_dir", "data")
+        kw["variants"] = tuple(variant_from(v) for v in _as_list(kw.get("variants", [])))
+        train = kw.get("train", {})
+        if not isinstance(train, dict):
+            raise NormlabError(f"train options must be a mapping, got {train!r}")
+        unknown = sorted(set(train) - {f.name for f in dataclasses.fields(TrainOptions)})
+        if unknown:
+            raise NormlabError(f"unknown train option(s): {', '.join(map(str, unknown))}")
+        kw["train"] = TrainOptions(**train)
         return cls(**kw)
+
+
+def _as_list(value: object) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise NormlabError(f"variants must be a list, got {value!r}")
+    return list(value)
+
+
+def variant_from(value: object) -> Variant:
+    """A variant from its name (`bn+l1`) or its stored form ({"norm", "l1", "l2"})."""
+    if isinstance(value, str):
+        return parse_variant(value)
+    if not isinstance(value, dict) or "norm" not in value:
+        raise NormlabError(f"a variant must be a name such as 'bn+l1', got {value!r}")
+    unknown = sorted(set(value) - {"name", "norm", "l1", "l2"})
+    if unknown:
+        raise NormlabError(f"unknown variant key(s): {', '.join(map(str, unknown))}")
+    return Variant(value["norm"], value.get("l1", 0.0), value.get("l2", 0.0))

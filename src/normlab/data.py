@@ -96,6 +96,17 @@ def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
             f"MNIST files in {raw} could not be read ({exc}); they may be truncated or "
             "corrupt: delete them and download again"
         ) from None
+    for d in (train, test):  # well-formed headers can still describe mismatched files
+        labels = d.targets
+        if (
+            not len(labels)
+            or len(d.data) != len(labels)
+            or not 0 <= labels.min() <= labels.max() < 10
+        ):
+            raise NormlabError(
+                f"MNIST files in {raw} disagree ({len(d.data)} images, {len(labels)} labels; "
+                "equal counts of labels 0..9 expected): delete them and download again"
+            )
     splits = [Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in (train, test)]
     mean, std = channel_stats(splits[0].images)
     return Dataset("mnist", splits[0], splits[1], [str(i) for i in range(10)], mean, std)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -24,27 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from normlab.atomic import write_atomic
 from normlab.errors import NormlabError
 from normlab.train import EpochMetrics, RunResult
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise NormlabError(
-            f"cannot write {path}: {exc.strerror or exc}; free some space or choose another --out"
-        ) from None
 
 
 def write_json(path: Path, obj: object) -> None:

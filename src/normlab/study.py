@@ -17,11 +17,19 @@ import torch
 import torchvision
 
 import normlab
+from normlab.atomic import clean_tmp
 from normlab.config import StudyConfig, Variant
 from normlab.data import Dataset, load_dataset, steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.results import read_json, run_dir, summarize, write_json, write_run
-from normlab.train import EpochMetrics, resolve_device, set_cpu_threads, train_run, use_bf16
+from normlab.train import (
+    EpochMetrics,
+    load_checkpoint,
+    resolve_device,
+    set_cpu_threads,
+    train_run,
+    use_bf16,
+)
 
 
 class Reporter:
@@ -54,17 +62,41 @@ def environment(device: torch.device, bf16: bool) -> dict:
     }
 
 
+def stored_config(study_file: Path) -> dict:
+    """The configuration in an existing study.json; a damaged one is a user-facing error."""
+    config = read_json(study_file).get("config")
+    if not isinstance(config, dict):
+        raise NormlabError(
+            f"{study_file} holds no study configuration; use another --out, or --fresh"
+        )
+    return config
+
+
 def prepare_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
-    """Refuse to mix two different studies in one folder; `fresh` clears an old one."""
+    """Refuse to mix two different studies in one folder; `fresh` clears an old one.
+
+    Runs before the data loads, so an unusable --out fails at once; temporary files left by a
+    killed process are removed here (readers ignore them anyway).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NormlabError(
+            f"cannot create the study folder {out}: {exc.strerror or exc}; choose a writable --out"
+        ) from None
+    clean_tmp(out)
     study_file = out / "study.json"
     if not study_file.exists():
         return
+    old = stored_config(study_file)
     if fresh:
-        for v in read_json(study_file)["config"]["variants"]:
-            shutil.rmtree(out / v["name"], ignore_errors=True)
+        for v in old.get("variants", []):
+            # study.json is a user file: only ever delete a variant folder directly in `out`.
+            folder = out / str(v.get("name", "")) if isinstance(v, dict) else out
+            if folder != out and folder.resolve().parent == out.resolve():
+                shutil.rmtree(folder, ignore_errors=True)
         (out / "summary.json").unlink(missing_ok=True)
         return
-    old = read_json(study_file)["config"]
     new = config.to_dict()
     if old != new:
         diff = sorted(k for k in new if old.get(k) != new[k])
@@ -121,14 +153,12 @@ def run_study(
     for variant in config.variants:
         for seed in range(config.seeds):
             d = run_dir(out, variant.name, seed)
+            checkpoint = d / "checkpoint.pt"
             if (d / "run.json").exists():
+                checkpoint.unlink(missing_ok=True)  # killed between write_run and the unlink
                 reporter.run_done(variant, seed, read_json(d / "run.json")["status"], True)
                 continue
-            d.mkdir(parents=True, exist_ok=True)
-            checkpoint = d / "checkpoint.pt"
-            done = 0
-            if checkpoint.exists():
-                done = len(torch.load(checkpoint, weights_only=True)["metrics"])
+            done = len(load_checkpoint(checkpoint)["metrics"]) if checkpoint.exists() else 0
             reporter.run_started(variant, seed, config.train.epochs * steps, done * steps)
             result = train_run(
                 variant,

@@ -12,6 +12,7 @@ norm itself (network slimming), which would confound a comparison *between* norm
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.atomic import write_atomic
 from normlab.augment import prepare_batch
 from normlab.config import TrainOptions, Variant
 from normlab.data import Dataset, Split, batches, steps_per_epoch
@@ -212,10 +214,28 @@ def evaluate(
     return loss_sum.item() / len(split), acc, predictions
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Serialize in memory, then write atomically: a kill or a full disk mid-save leaves the
+    previous epoch's checkpoint intact."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint written by `save_checkpoint`, loaded with `weights_only=True` (tensors and
+    plain containers only: a tampered file cannot run code). An unreadable one is a user-facing
+    error rather than a traceback, since it can only come from outside damage."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not {"model", "metrics"} <= state.keys():
+            raise ValueError("not a normlab checkpoint")
+        return state
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise NormlabError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart "
+            "that run from scratch"
+        ) from None
 
 
 def train_run(
@@ -242,7 +262,7 @@ def train_run(
     bf16, augment = use_bf16(device, opts.precision), augmentation_for(data, opts)
     metrics: list[EpochMetrics] = []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = load_checkpoint(checkpoint, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -258,15 +278,19 @@ def train_run(
         if not math.isfinite(train_loss):
             result.status, result.diverged_epoch = "diverged", epoch
             break
-        test_loss, test_acc, result.predictions = evaluate(
+        test_loss, test_acc, predictions = evaluate(
             model, data.test, data, opts.eval_batch_size, bf16, fmt
         )
+        if not math.isfinite(test_loss):  # e.g. BatchNorm's running variance overflowed
+            result.status, result.diverged_epoch = "diverged", epoch
+            break
+        result.predictions = predictions
         m = EpochMetrics(
             epoch, train_loss, train_acc, test_loss, test_acc, lr, time.perf_counter() - start
         )
         metrics.append(m)
         if checkpoint is not None:
-            _save_atomic(
+            save_checkpoint(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
