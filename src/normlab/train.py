@@ -131,7 +131,9 @@ def make_optimizer(
         opt,
         max_lr=opts.lr,
         total_steps=total_steps,
-        pct_start=0.25,
+        # OneCycleLR divides by pct_start * total_steps - 1, which is zero for 0.25 x 4 steps
+        # (one epoch of a 512-image subset): nudge the warm-up there, keep it everywhere else.
+        pct_start=0.25 if total_steps != 4 else 0.3,
         anneal_strategy="linear",
         div_factor=10,
         final_div_factor=100,

@@ -1,0 +1,528 @@
+"""Issue 7: kill at any moment and lose nothing, divergence, the bad-input catalogue, untrusted
+files. Every bad input must end as one line on stderr and exit status 2, with nothing already
+in the study folder lost or left half-written."""
+
+from __future__ import annotations
+
+import ast
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from normlab import cli
+from normlab.config import StudyConfig, TrainOptions, Variant, parse_variants
+from normlab.data import MNIST_FILES
+from normlab.errors import NormlabError
+from normlab.models import Net
+from normlab.results import load_state_dict, read_json, read_metrics, read_predictions
+from normlab.study import prepare_folder
+from normlab.train import load_checkpoint, make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--limit-train", "512", "--limit-test", "256", "--device", "cpu"]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def normlab_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "normlab", *map(str, args)]
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """The real entry point in a fresh process, as a user runs it."""
+    return subprocess.run(
+        normlab_cmd(*args), env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+def main_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """`normlab ARGS` through cli.main in this process (cheap: no second torch import).
+    Anything but a clean exit, a traceback included, fails the test by escaping."""
+    old = sys.argv
+    sys.argv = ["normlab", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Exit status 2, exactly one line on stderr, no traceback, and every fragment in it."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("normlab: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def tmp_leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def comparable_metrics(run: Path) -> list[dict[str, float]]:
+    """metrics.csv without the wall-clock column, the only one allowed to differ."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics(run)]
+
+
+@pytest.fixture
+def finished_study(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> list:
+    """A finished one-epoch study folder and the CLI arguments that made it."""
+    out = tmp_path / "study"
+    args = ["run", "--data-dir", mnist_dir, "--variants", "bn", "--epochs", "1", *SMALL]
+    code, _, err = main_in_process(capsys, *args, "--out", out)
+    assert code == 0, err
+    return [out, args]
+
+
+# --- 1. Kill at any moment, lose nothing ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_gives_identical_results(mnist_dir: Path, tmp_path: Path):
+    args = ["run", "--data-dir", mnist_dir, "--variants", "bn,gn", "--epochs", "3"]
+    args += ["--limit-train", "1024", "--limit-test", "256", "--device", "cpu"]
+    reference = run_cli(*args, "--out", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    checkpoint = out / "bn" / "seed0" / "checkpoint.pt"
+    proc = subprocess.Popen(
+        normlab_cmd(*args, "--out", out),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not checkpoint.exists() and proc.poll() is None:
+            time.sleep(0.005)
+        # The first epoch is checkpointed: the second is under way. Kill it there.
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "bn" / "seed0" / "run.json").exists()
+    assert 1 <= len(load_checkpoint(checkpoint)["metrics"]) < 3
+
+    resumed = run_cli(*args, "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming the study" in resumed.stdout
+    assert "resuming from its checkpoint" in resumed.stdout
+
+    assert tmp_leftovers(out) == []
+    for variant in ("bn", "gn"):
+        ref_run, run = tmp_path / "reference" / variant / "seed0", out / variant / "seed0"
+        assert not (run / "checkpoint.pt").exists()
+        assert comparable_metrics(run) == comparable_metrics(ref_run)
+        assert len(comparable_metrics(run)) == 3
+        for key, value in read_predictions(ref_run).items():
+            np.testing.assert_array_equal(read_predictions(run)[key], value)
+        ref_state, state = load_state_dict(ref_run), load_state_dict(run)
+        assert ref_state.keys() == state.keys()
+        for key, tensor in ref_state.items():
+            assert torch.equal(state[key], tensor), key
+
+
+def test_finished_runs_are_skipped_and_tmp_leftovers_removed(
+    finished_study: list, capsys: pytest.CaptureFixture
+):
+    out, args = finished_study
+    run = out / "bn" / "seed0"
+    before = snapshot(run)
+    (run / ".model.pt.tmp").write_bytes(b"half a model from a killed process")
+    code, stdout, err = main_in_process(capsys, *args, "--out", out)
+    assert code == 0, err
+    assert "resuming the study" in stdout
+    assert "already finished in this folder, skipped" in stdout
+    assert tmp_leftovers(out) == []
+    assert snapshot(run) == before
+
+
+def test_folder_with_a_different_study_is_refused(
+    finished_study: list, capsys: pytest.CaptureFixture
+):
+    out, args = finished_study
+    before = snapshot(out)
+    code, _, err = main_in_process(capsys, *args, "--epochs", "2", "--out", out)
+    assert_one_line_error(code, err, "holds a study with a different configuration", "train")
+    assert snapshot(out) == before
+
+
+def test_fresh_only_deletes_variant_folders_inside_the_study(tmp_path: Path):
+    """study.json is a user file: a variant named '../victim' must not make --fresh delete
+    a folder outside the study."""
+    out, victim = tmp_path / "study", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out.mkdir()
+    config = StudyConfig(variants=tuple(parse_variants("gn")), data_dir=tmp_path)
+    stored = config.to_dict()
+    stored["variants"] = [{"name": "../victim"}, {"name": "gn"}]
+    (out / "study.json").write_text(json.dumps({"config": stored}))
+    (out / "gn").mkdir()
+    prepare_folder(out, config, fresh=True)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not (out / "gn").exists()
+
+
+# --- 2. Divergence ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path: Path):
+    """At a peak learning rate of 20 the network without normalization overflows, while
+    GroupNorm's scale invariance keeps its loss finite."""
+    out = tmp_path / "study"
+    args = ["run", "--data-dir", mnist_dir, "--variants", "none,gn", "--lr", "20"]
+    result = run_cli(*args, "--epochs", "2", *SMALL, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "diverged" in result.stdout
+    summary = {v["name"]: v for v in read_json(out / "summary.json")["variants"]}
+    assert summary["none"]["status"] == "diverged"
+    (seed,) = summary["none"]["seeds"]
+    assert seed["status"] == "diverged"
+    assert seed["diverged_epoch"] in (1, 2)
+    assert (
+        read_json(out / "none" / "seed0" / "run.json")["diverged_epoch"] == seed["diverged_epoch"]
+    )
+    assert summary["gn"]["status"] == "finished"
+    assert summary["gn"]["seeds"][0]["epochs"] == 2
+    assert all(np.isfinite(r["test_loss"]) for r in read_metrics(out / "gn" / "seed0"))
+
+
+# --- 3. The bad-input catalogue ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--variants", "gn,xx"], ["unknown variant 'xx'", "bn+l1"]),
+        (["--variants", "gn+l3"], ["unknown variant 'gn+l3'", "not a regularizer"]),
+        (["--variants", "gn", "--groups", "5"], ["groups=5 does not divide 16 channels"]),
+        (["--epochs", "0"], ["--epochs must be a positive integer, got 0"]),
+        (["--epochs", "-3"], ["--epochs must be a positive integer, got -3"]),
+        (["--batch-size", "0"], ["--batch-size must be a positive integer, got 0"]),
+        (["--batch-size", "-1"], ["--batch-size must be a positive integer, got -1"]),
+        (["--epochs", "two"], ["Invalid value for '--epochs'"]),
+    ],
+)
+def test_bad_run_flags(tmp_path: Path, capsys: pytest.CaptureFixture, args: list, fragments):
+    out = tmp_path / "study"
+    code, _, err = main_in_process(capsys, "run", *args, "--out", out)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+def test_unknown_norm(capsys: pytest.CaptureFixture):
+    code, _, err = main_in_process(capsys, "params", "--norm", "xx")
+    assert_one_line_error(code, err, "unknown norm 'xx'", "bn, gn, ln, in, none")
+
+
+def test_device_cuda_without_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "study"
+    code, _, err = main_in_process(capsys, "run", "--device", "cuda", "--out", out)
+    assert_one_line_error(code, err, "--device cuda asked for, but no CUDA GPU is visible")
+    assert not out.exists()
+
+
+def test_dataset_missing_while_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: offline
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    args = ["run", "--data-dir", tmp_path / "data", *SMALL, "--out", tmp_path / "study"]
+    code, _, err = main_in_process(capsys, *args)
+    assert_one_line_error(code, err, "MNIST not found in", "could not be downloaded")
+    assert not (tmp_path / "study" / "study.json").exists()
+
+
+@pytest.fixture
+def mnist_copy(mnist_dir: Path, tmp_path: Path) -> Path:
+    """A writable copy of the real MNIST files, to damage."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copyfile(mnist_dir / "MNIST" / "raw" / name, raw / name)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("truncate", "could not be read"),
+        ("garbage header", "could not be read"),
+        ("labels disagree", "disagree"),
+    ],
+)
+def test_truncated_or_corrupt_mnist(
+    mnist_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str, fragment: str
+):
+    images, labels = mnist_copy / "train-images-idx3-ubyte", mnist_copy / "train-labels-idx1-ubyte"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:100_000])
+    elif damage == "garbage header":
+        images.write_bytes(b"\xff" * 16 + images.read_bytes()[16:])
+    else:  # a valid header for 100 labels: the files no longer describe the same images
+        labels.write_bytes(labels.read_bytes()[:4] + (100).to_bytes(4, "big") + bytes(100))
+    out = tmp_path / "study"
+    args = ["run", "--data-dir", tmp_path / "data", *SMALL, "--out", out]
+    code, _, err = main_in_process(capsys, *args)
+    assert_one_line_error(code, err, str(mnist_copy), fragment, "delete them and download again")
+    assert not (out / "study.json").exists()
+
+
+IMAGE_FOLDERS_ON_MAIN = False  # flip when issue 4 (image folders) is merged
+
+
+@pytest.mark.xfail(
+    not IMAGE_FOLDERS_ON_MAIN, strict=True, reason="image folders arrive with issue 4"
+)
+def test_image_folder_without_classes(tmp_path: Path, capsys: pytest.CaptureFixture):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "README.txt").write_text("no class folders here")
+    out = tmp_path / "study"
+    code, _, err = main_in_process(capsys, "run", "--dataset", folder, *SMALL, "--out", out)
+    line = assert_one_line_error(code, err, str(folder))
+    assert "class" in line.lower()
+    assert not (out / "study.json").exists()
+
+
+@pytest.mark.xfail(
+    not IMAGE_FOLDERS_ON_MAIN, strict=True, reason="image folders arrive with issue 4"
+)
+def test_image_folder_with_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / cls / f"{i}.png")
+    (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    out = tmp_path / "study"
+    code, _, err = main_in_process(capsys, "run", "--dataset", folder, *SMALL, "--out", out)
+    assert_one_line_error(code, err, "broken.png")
+    assert not (out / "study.json").exists()
+
+
+SWEEPS_ON_MAIN = False  # flip when `normlab sweep FILE.yaml` is merged
+
+
+@pytest.mark.xfail(not SWEEPS_ON_MAIN, strict=True, reason="`normlab sweep` is not on main yet")
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("variants: [gn, ln]\nepochz: 3\n", "epochz"), ("variants: [gn]\nepochs: two\n", "epochs")],
+)
+def test_sweep_yaml_with_unknown_key_or_wrong_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str, key: str
+):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(text)
+    code, _, err = main_in_process(capsys, "sweep", sweep)
+    assert_one_line_error(code, err, key)
+
+
+def test_out_under_a_regular_file(tmp_path: Path, capsys: pytest.CaptureFixture):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the study folder should go")
+    out = blocker / "study"
+    code, _, err = main_in_process(capsys, "run", *SMALL, "--out", out)
+    assert_one_line_error(code, err, f"cannot create the study folder {out}", "writable --out")
+    assert blocker.read_text() == "a file where the study folder should go"
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up halfway through the first write."""
+
+    def write(self, data: bytes) -> int:
+        super().write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def failing_open(monkeypatch: pytest.MonkeyPatch, fails, make) -> None:
+    """Make normlab's atomic writer open files through `make` where `fails(path)` holds."""
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        return make(path) if fails(Path(path)) else real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("normlab.atomic.open", fake_open, raising=False)
+
+
+def test_disk_full_mid_study_loses_nothing(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """The disk fills while the second run writes its second checkpoint: the first run's
+    files, the second run's first checkpoint and summary.json stay whole, no temporary file is
+    left, and once there is space again the same command finishes the study."""
+    out = tmp_path / "study"
+    args = ["run", "--data-dir", mnist_dir, "--variants", "bn,ln", "--epochs", "2", *SMALL]
+    second_checkpoint = out / "ln" / "seed0" / "checkpoint.pt"
+
+    def fails(path: Path) -> bool:
+        return path.name == ".checkpoint.pt.tmp" and second_checkpoint.exists()
+
+    failing_open(monkeypatch, fails, lambda path: FullDisk(path, "wb"))
+    code, _, err = main_in_process(capsys, *args, "--out", out)
+    assert_one_line_error(code, err, f"cannot write {second_checkpoint}", "No space left on device")
+    assert tmp_leftovers(out) == []
+    assert read_json(out / "bn" / "seed0" / "run.json")["status"] == "finished"
+    assert len(read_metrics(out / "bn" / "seed0")) == 2
+    assert len(load_checkpoint(second_checkpoint)["metrics"]) == 1
+    assert [v["name"] for v in read_json(out / "summary.json")["variants"]] == ["bn"]
+
+    monkeypatch.undo()
+    code, stdout, err = main_in_process(capsys, *args, "--out", out)
+    assert code == 0, err
+    assert "resuming from its checkpoint" in stdout
+    assert len(read_metrics(out / "ln" / "seed0")) == 2
+
+
+def test_folder_turned_read_only_keeps_the_study(
+    finished_study: list, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """Root ignores permission bits, so the refusal is simulated where the OS would give it."""
+    out, args = finished_study
+    before = snapshot(out)
+
+    def denied(path: Path) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    failing_open(monkeypatch, lambda path: out in path.parents, denied)
+    code, _, err = main_in_process(capsys, *args, "--out", out)
+    assert_one_line_error(code, err, f"cannot write {out / 'study.json'}", "Permission denied")
+    assert snapshot(out) == before
+
+
+def test_unreadable_checkpoint_is_one_line(
+    finished_study: list, capsys: pytest.CaptureFixture, tmp_path: Path
+):
+    """A checkpoint that is a pickle with a payload is refused by weights_only loading, and
+    the payload never runs."""
+    out, args = finished_study
+    run = out / "bn" / "seed0"
+    (run / "run.json").unlink()
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"model": Payload(), "metrics": []}, run / "checkpoint.pt")
+    code, _, err = main_in_process(capsys, *args, "--out", out)
+    assert_one_line_error(code, err, f"checkpoint {run / 'checkpoint.pt'} is unreadable")
+    assert not marker.exists()
+
+
+def test_library_errors_with_newlines_stay_one_line(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    def boom(**_: object) -> None:
+        raise NormlabError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "app", boom)
+    code, _, err = main_in_process(capsys)
+    assert_one_line_error(code, err, "first line second line")
+
+
+# --- 4. Untrusted files -------------------------------------------------------------------------
+
+
+def unsafe_loads(source: str) -> list[str]:
+    """Calls in `source` that could unpickle a user's file: torch.load without
+    weights_only=True, pickle.load(s), yaml.load (not safe_load), anything with
+    allow_pickle=True."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = ast.unparse(node.func)
+        kw = {k.arg: k.value for k in node.keywords}
+        safe = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value
+        pickles = isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value
+        if (
+            (func == "torch.load" and safe is not True)
+            or func in ("pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load")
+            or pickles is True
+        ):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_source_never_unpickles_user_files():
+    """A guard for the future over every module of the package."""
+    offenders = {
+        path.name: calls
+        for path in sorted((REPO / "src" / "normlab").rglob("*.py"))
+        if (calls := unsafe_loads(path.read_text()))
+    }
+    assert offenders == {}
+
+
+def test_unsafe_load_guard_catches_each_pattern():
+    assert unsafe_loads("torch.load(Path(p), map_location='cpu', weights_only=True)") == []
+    assert unsafe_loads("yaml.safe_load(t); np.load(f, allow_pickle=False)") == []
+    for bad in (
+        "torch.load(Path(p))",
+        "torch.load(p, weights_only=False)",
+        "pickle.load(f)",
+        "yaml.load(t, Loader=yaml.Loader)",
+        "np.load(f, allow_pickle=True)",
+    ):
+        assert unsafe_loads(bad) == [bad], bad
+
+
+def test_config_from_dict_refuses_malformed_input():
+    good = StudyConfig(variants=tuple(parse_variants("gn,bn+l1"))).to_dict()
+    for broken in (
+        {**good, "train": {**good["train"], "epochz": 3}},
+        {**good, "train": "fast"},
+        {**good, "variants": "gn"},
+        {**good, "variants": [{"norm": "gn", "colour": 1}]},
+        {**good, "seeds": "3"},
+        {**good, "train": {**good["train"], "lr": "0.1"}},
+    ):
+        with pytest.raises(NormlabError):
+            StudyConfig.from_dict(broken)
+
+
+@pytest.mark.parametrize("total_steps", range(1, 13))
+def test_schedule_survives_tiny_runs(total_steps: int):
+    """One epoch of a small subset is a handful of steps; OneCycleLR must not divide by zero."""
+    model = Net("gn")
+    opt, sched = make_optimizer(model, Variant("gn"), TrainOptions(), total_steps)
+    used = []
+    for _ in range(total_steps):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 0.1 for lr in used), used
