@@ -30,9 +30,13 @@ from normlab.config import (
     Variant,
     parse_variants,
 )
+from normlab.doc import Heading, Para, to_markdown
+from normlab.doc import Table as DocTable
 from normlab.errors import NormlabError
+from normlab.explain import example_tensor, explain_blocks, parse_values
 from normlab.models import ARCHS, Net, count_params, layer_summary
 from normlab.norms import NORM_NAMES, NORMS
+from normlab.report import write_report
 from normlab.study import Reporter, run_study
 from normlab.train import EpochMetrics
 
@@ -191,6 +195,50 @@ def run(
         summary = run_study(config, out, RichReporter(progress), fresh=fresh)
     console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
     console.print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
+    console.print(f"report: {write_report(out, data_dir)}")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="Study folder written by `normlab run`.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the test images are [default: the study's own --data-dir]."),
+    ] = None,
+) -> None:
+    """Redraw the figures and write report.md and report.html from a stored study."""
+    console.print(f"report: {write_report(out, data_dir)}")
+
+
+@app.command()
+def explain(
+    values: Annotated[
+        str | None,
+        typer.Option(help="N*16 numbers for an (N, 4, 2, 2) tensor [default: seeded integers]."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the default example tensor.")] = 0,
+    markdown: Annotated[
+        bool, typer.Option(help="Print markdown (for a report or README).")
+    ] = False,
+) -> None:
+    """Show, with numbers, which elements BN, LN, GN and IN normalize together."""
+    x = parse_values(values) if values is not None else example_tensor(seed)
+    blocks = explain_blocks(x)
+    if markdown:
+        print(to_markdown(blocks), end="")
+        return
+    for b in blocks:
+        if isinstance(b, DocTable):
+            table = Table(title=b.title)
+            for i, col in enumerate(b.columns):
+                table.add_column(col, justify="right" if i in b.right else "left")
+            for row in b.rows:
+                table.add_row(*row)
+            console.print(table)
+        elif isinstance(b, Heading):
+            console.rule(b.text)
+        elif isinstance(b, Para):
+            console.print(b.text, markup=False, highlight=False)
 
 
 @app.command()

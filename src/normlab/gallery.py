@@ -105,7 +105,8 @@ def plot_confusion(
     off = counts.astype(float)
     np.fill_diagonal(off, np.nan)
     fig, ax = plt.subplots(figsize=(6.2, 5.6), layout="constrained")
-    im = ax.imshow(off, cmap="Reds", vmin=0, vmax=max(1.0, float(np.nanmax(off))))
+    top = max(1.0, float(np.nanmax(off)))
+    im = ax.imshow(off, cmap="Reds", vmin=0, vmax=top)
     for t in range(len(classes)):
         for p in range(len(classes)):
             if counts[t, p]:
@@ -117,7 +118,7 @@ def plot_confusion(
                     ha="center",
                     va="center",
                     fontsize=7 if diag else 8,
-                    color="#777777" if diag else "black",
+                    color="#777777" if diag else ("white" if off[t, p] > top / 2 else "black"),
                 )
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes)
