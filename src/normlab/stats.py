@@ -107,7 +107,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     order = sorted(range(len(pvalues)), key=lambda i: (math.isnan(pvalues[i]), pvalues[i]))
     adjusted = [math.nan] * len(pvalues)
     running = 0.0
-    m = len(pvalues)
+    m = sum(not math.isnan(p) for p in pvalues)  # an undefined test is not a test made
     for rank, i in enumerate(order):
         if math.isnan(pvalues[i]):
             continue

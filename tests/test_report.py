@@ -1,0 +1,280 @@
+"""The report side: statistics, the worked example, galleries, and the files a real run writes
+(figures, report.md, report.html opened in headless Chromium, the notebook)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normlab.errors import NormlabError
+from normlab.explain import example_tensor, explain, parse_values
+from normlab.gallery import confident_mistakes, confusion
+from normlab.stats import holm, mcnemar_exact, seeds_test, wilson_interval
+
+REPO = Path(__file__).resolve().parents[1]
+CURVES = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
+VARIANTS = ("gn", "bn+l1")
+
+# ---------------------------------------------------------------------------------------------
+# statistics, against values worked out by hand
+
+
+def test_mcnemar_exact_is_a_binomial_test_on_the_discordant_images() -> None:
+    a = np.array([True] * 10 + [False] * 2 + [True] * 50 + [False] * 5)
+    b = np.array([False] * 10 + [True] * 2 + [True] * 50 + [False] * 5)
+    t = mcnemar_exact(a, b)
+    # two-sided: 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert t.p == pytest.approx(2 * 79 / 4096)
+    assert t.discordant == (10, 2)
+    assert t.diff == pytest.approx(100 * 8 / len(a))
+    assert mcnemar_exact(a, a).p == 1.0
+    with pytest.raises(NormlabError, match="same test images"):
+        mcnemar_exact(a, b[:-1])
+
+
+def test_seeds_test_is_a_paired_t_test() -> None:
+    t = seeds_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    # t = 2 / (1 / sqrt 3); two degrees of freedom: p = 1 - t / sqrt(2 + t^2)
+    stat = 2 * math.sqrt(3)
+    assert t.p == pytest.approx(1 - stat / math.sqrt(2 + stat**2))
+    assert t.diff == pytest.approx(2.0)
+    assert math.isnan(seeds_test([1.0, 2.0], [0.5, 1.5]).p)
+    with pytest.raises(NormlabError, match="at least 2"):
+        seeds_test([1.0], [2.0])
+
+
+def test_wilson_interval_and_holm() -> None:
+    lo, hi = wilson_interval(0, 10)
+    assert lo == pytest.approx(0, abs=1e-12)
+    z2 = 1.959963984540054**2
+    assert hi == pytest.approx(100 * z2 / (10 + z2))
+    lo, hi = wilson_interval(990, 1000)
+    assert lo < 99.0 < hi < 100.0
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([math.nan, 0.2])
+    assert math.isnan(adjusted[0]) and adjusted[1] == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the worked example, held to PyTorch
+
+
+@pytest.mark.parametrize(
+    "x", [example_tensor(0), example_tensor(7), torch.randn(3, 4, 2, 2).double()]
+)
+def test_explain_numbers_equal_pytorch(x: torch.Tensor) -> None:
+    bn, ln, gn, inorm = explain(x)
+    assert [e.key for e in (bn, ln, gn, inorm)] == ["bn", "ln", "gn", "in"]
+    assert all(e.matches for e in (bn, ln, gn, inorm))
+    torch.testing.assert_close(bn.means, x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(bn.variances, x.var(dim=(0, 2, 3), unbiased=False))
+    torch.testing.assert_close(bn.output, F.batch_norm(x, None, None, training=True, eps=1e-5))
+    torch.testing.assert_close(ln.means, x.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(ln.output, F.layer_norm(x, x.shape[1:], eps=1e-5))
+    torch.testing.assert_close(gn.means, x.reshape(len(x), 2, -1).mean(2).flatten())
+    torch.testing.assert_close(gn.output, F.group_norm(x, 2, eps=1e-5))
+    torch.testing.assert_close(inorm.variances, x.var(dim=(2, 3), unbiased=False).flatten())
+    torch.testing.assert_close(inorm.output, F.instance_norm(x, eps=1e-5))
+    # group labels: how many elements share each mean
+    n, c = x.shape[:2]
+    for e, groups in ((bn, c), (ln, n), (gn, 2 * n), (inorm, n * c)):
+        counts = torch.bincount(e.group_of.flatten())
+        assert len(counts) == groups and (counts == x.numel() // groups).all()
+
+
+def test_parse_values() -> None:
+    x = parse_values(" ".join(str(i) for i in range(32)))
+    assert x.shape == (2, 4, 2, 2) and x[1, 3, 1, 1] == 31
+    assert parse_values(",".join(["1"] * 16)).shape == (1, 4, 2, 2)
+    with pytest.raises(NormlabError, match="multiple of 16"):
+        parse_values("1,2,3")
+    with pytest.raises(NormlabError, match="--values"):
+        parse_values("1,two")
+
+
+# ---------------------------------------------------------------------------------------------
+# gallery selection
+
+
+def test_confident_mistakes_and_confusion() -> None:
+    target = np.array([0, 1, 2, 3, 4, 5, 1])
+    pred = np.array([0, 2, 2, 1, 4, 3, 2])
+    conf = np.array([0.9, 0.6, 0.99, 0.8, 0.7, 0.6, 0.95])
+    # mistakes at 1 (0.6), 3 (0.8), 5 (0.6), 6 (0.95): by confidence, ties to the lower index
+    assert confident_mistakes(pred, conf, target, 3).tolist() == [6, 3, 1]
+    assert confident_mistakes(pred, conf, target).tolist() == [6, 3, 1, 5]
+    counts = confusion(pred, target, 6)
+    assert counts.sum() == len(target) and np.trace(counts) == 3
+    assert counts[1, 2] == 2 and counts[5, 3] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# a real run on a small real subset
+
+
+def normlab(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "normlab", *args], capture_output=True, text=True, env=env
+    )
+
+
+def expected_figures() -> list[str]:
+    names = [*CURVES, "normalization_axes"]
+    names += [f"{kind}_{v}" for kind in ("misclassified", "confusion") for v in VARIANTS]
+    return [f"{n}.{ext}" for n in names for ext in ("png", "svg")]
+
+
+@pytest.fixture(scope="module")
+def study(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    done = normlab(
+        "run", "--data-dir", str(mnist_dir), "--limit-train", "384", "--limit-test", "300",
+        "--epochs", "2", "--variants", ",".join(VARIANTS), "--out", str(out), "--device", "cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_run_writes_every_file_and_report_rebuilds_them(study: Path) -> None:
+    figures = study / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == sorted(expected_figures())
+    md = (study / "report.md").read_text()
+    for v in VARIANTS:
+        assert f"figures/misclassified_{v}.png" in md
+    assert "McNemar exact" in md and "Galleries skipped" not in md
+    shutil.rmtree(figures)
+    (study / "report.html").unlink()
+    done = normlab("report", str(study))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in figures.iterdir()) == sorted(expected_figures())
+    html = (study / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == 4 + 2 * len(VARIANTS) + 1
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+
+
+def test_report_without_the_data_says_galleries_were_skipped(study: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("figures", "report.*"))
+    done = normlab("report", str(copy), "--data-dir", str(tmp_path / "nowhere"))
+    assert done.returncode == 0, done.stderr
+    md = (copy / "report.md").read_text()
+    assert "Galleries skipped" in md and "MNIST not found" in md
+    names = {p.name for p in (copy / "figures").iterdir()}
+    assert "confusion_gn.png" in names and not any(n.startswith("misclassified") for n in names)
+
+
+def test_report_of_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
+    done = normlab("report", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("normlab: error:") and "study.json" in done.stderr
+
+
+def test_explain_cli() -> None:
+    done = normlab("explain", "--markdown", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(equal)") == 6 and "DIFFERENT" not in done.stdout
+    assert "GroupNorm(1, C)" in done.stdout
+    bad = normlab("explain", "--values", "1,2")
+    assert bad.returncode == 2 and "multiple of 16" in bad.stderr
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+PROBE = """<div id="probe"></div><script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const broken = imgs.filter((i) => !i.complete || i.naturalWidth === 0).length;
+  document.getElementById("probe").textContent = `images=${imgs.length} broken=${broken}`;
+});
+</script></body>"""
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing: .ci/run installs it")
+        pytest.skip("chromium not installed")
+    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
+    return subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_report_html_opens_in_chromium(study: Path, tmp_path: Path) -> None:
+    html = (study / "report.html").read_text()
+    assert "<script" not in html
+    probe = study / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE))
+    dom = chromium(tmp_path, "--dump-dom", probe.as_uri())
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []
+    found = re.search(r"images=(\d+) broken=(\d+)", dom.stdout)
+    assert found, dom.stdout[-500:]
+    assert int(found[1]) == html.count("<img ") and int(found[2]) == 0
+    shot = study / "report_screenshot.png"
+    done = chromium(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1200,2400",
+        (study / "report.html").as_uri(),
+    )
+    assert [line for line in done.stderr.splitlines() if ":CONSOLE" in line] == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_notebook_runs_on_a_tiny_configuration(mnist_dir: Path, tmp_path: Path) -> None:
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / "normalization_study.ipynb", as_version=4)
+    env = {
+        "NORMLAB_NB_EPOCHS": "1",
+        "NORMLAB_NB_LIMIT_TRAIN": "256",
+        "NORMLAB_NB_LIMIT_TEST": "200",
+        "NORMLAB_NB_DATA_DIR": str(mnist_dir),
+        "NORMLAB_NB_OUT": str(tmp_path / "nb"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 4 + 3 + 1  # curves, three galleries, the axes figure
+    assert (tmp_path / "nb" / "report.html").exists()
