@@ -246,10 +246,8 @@ def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
     n, c = x.shape[:2]
     hw = x.shape[2] * x.shape[3]
     cmap = plt.get_cmap("tab20")
-    fig, axs = plt.subplots(
-        1, len(examples), figsize=(3.4 * len(examples), 3.6), layout="constrained"
-    )
-    for ax, ex in zip(axs, examples, strict=True):
+    fig, axs = plt.subplots(2, 2, figsize=(9.5, 6.8), layout="constrained")
+    for ax, ex in zip(axs.flat, examples, strict=True):
         groups = int(ex.group_of.max()) + 1
         for i in range(n):
             for j in range(c):
@@ -284,7 +282,7 @@ def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
         ax.tick_params(length=0)
         for side in ax.spines.values():
             side.set_visible(False)
-        ax.set_title(f"{ex.title}\n{groups} groups: {ex.axes.removeprefix('over ')}", fontsize=9)
+        ax.set_title(f"{ex.title}\n{groups} groups: {ex.axes.removeprefix('over ')}", fontsize=10)
     fig.suptitle(
         f"Which elements share one mean and variance: tensor (N, C, H, W) = {tuple(x.shape)}, "
         "one colour = one group",
