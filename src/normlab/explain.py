@@ -19,6 +19,7 @@ from torch import nn
 
 from normlab.doc import Block, Heading, Image, Para, Table
 from normlab.errors import NormlabError
+from normlab.figures import pyplot, save_figure
 from normlab.norms import EPS, group_stats, make_norm, ref_batch_norm, ref_group_norm
 
 SHAPE = (2, 4, 2, 2)  # N, C, H, W: two samples are the fewest for which BatchNorm differs
@@ -237,11 +238,7 @@ def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
     """The normalization axes, drawn from the example: per norm one panel of the N x C x (H·W)
     block, every element coloured by the statistics group it belongs to and labelled with its
     value. Written as PNG and SVG beside each other; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     examples = explain(x)
     n, c = x.shape[:2]
     hw = x.shape[2] * x.shape[3]
@@ -288,9 +285,4 @@ def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
         "one colour = one group",
         fontsize=10,
     )
-    paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, path)

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from normlab.errors import NormlabError
 from normlab.norms import NORM_NAMES
 from normlab.results import read_json, read_metrics, run_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS = {
     "test_accuracy": ("test_acc", "Test accuracy", "accuracy (%)"),
@@ -108,6 +113,27 @@ def read_study(out: Path) -> StoredStudy:
     return StoredStudy(out, study, summary, variants)
 
 
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the file-only Agg backend: figures are written, never shown, and
+    a headless machine has no display. Imported late so the CLI starts fast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Figure, path: Path) -> list[Path]:
+    """`path` as PNG (for the report and README) and SVG (for print); closes the figure."""
+    paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    pyplot().close(fig)
+    return paths
+
+
 def _zoomed_range(curves: list[np.ndarray], epochs: int) -> tuple[float, float]:
     """A y-range for accuracy that shows where the variants differ: from the lowest value any
     curve takes after its first quarter of epochs (at least after epoch 1) to the top. Early
@@ -124,11 +150,9 @@ def _zoomed_range(curves: list[np.ndarray], epochs: int) -> tuple[float, float]:
 
 def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
     """One metric of every variant on one axes, written as PNG and SVG; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
+
+    plt = pyplot()
 
     column, title, ylabel = METRICS[name]
     is_acc = column.endswith("acc")
@@ -204,12 +228,7 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
     ax.grid(True, which="minor", alpha=0.12)
     ax.set_title(f"{title} per epoch\n{study.describe()}{note}", fontsize=11)
     ax.legend(loc="lower right" if is_acc else "upper right", fontsize=9, framealpha=0.92)
-    paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, path)
 
 
 def plot_curves(study: StoredStudy, folder: Path) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from normlab.errors import NormlabError
+from normlab.figures import pyplot, save_figure
 
 ROWS, COLS = 2, 5
 
@@ -35,17 +36,6 @@ def confusion(pred: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
     return counts
 
 
-def _save(fig: object, path: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
-
-
 def plot_mistakes(
     images: np.ndarray,
     predictions: dict[str, np.ndarray],
@@ -55,11 +45,7 @@ def plot_mistakes(
 ) -> Path:
     """A 2 x 5 grid of the most confident mistakes; each tile names the true class, the
     predicted class and the confidence. `images` is the test split, uint8 (N, C, H, W)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pred, conf, target = predictions["pred"], predictions["conf"], predictions["target"]
     if len(images) != len(target):
         raise NormlabError(
@@ -88,7 +74,7 @@ def plot_mistakes(
         )
     shown = f"the {len(chosen)} most confident" if len(chosen) else "no mistakes to show"
     fig.suptitle(f"{title}\n{shown} of {wrong:,} misclassified test images", fontsize=10)
-    return _save(fig, path)[0]
+    return save_figure(fig, path)[0]
 
 
 def plot_confusion(
@@ -96,11 +82,7 @@ def plot_confusion(
 ) -> Path:
     """Confusion matrix with every non-zero count written in its cell; the diagonal (right
     answers) is greyed so the mistakes stand out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     counts = confusion(predictions["pred"], predictions["target"], len(classes))
     off = counts.astype(float)
     np.fill_diagonal(off, np.nan)
@@ -131,4 +113,4 @@ def plot_confusion(
         f"{title}\n{wrong:,} of {int(counts.sum()):,} test images misclassified (diagonal: right)",
         fontsize=10,
     )
-    return _save(fig, path)[0]
+    return save_figure(fig, path)[0]
