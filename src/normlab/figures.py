@@ -213,7 +213,9 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
         ax.set_ylim(lo, hi)
         below = [m for m in means if np.nanmin(m) < lo]
         if below:
-            note = " (y-axis zoomed to the later epochs; early epochs lie below)"
+            note = (
+                f"\ny-axis zoomed to where the variants differ: earlier epochs lie below {lo:.1f}%"
+            )
     elif not is_acc:
         ax.set_yscale("log")
         plain = FuncFormatter(lambda value, _pos: f"{value:g}")

@@ -192,17 +192,14 @@ def findings_blocks(study: StoredStudy) -> list[Block]:
     reached = [f for f in found if f.first_target]
     if reached:
         fastest = min(reached, key=lambda f: f.first_target)
+        others = ", ".join(
+            f"{f.variant.name} at {f.first_target}" if f.first_target else f"{f.variant.name} never"
+            for f in found
+            if f is not fastest
+        )
         items.append(
             f"Convergence: {fastest.variant.name} is first to reach {TARGET_ACC:g}% test accuracy "
-            f"(epoch {fastest.first_target}); "
-            + ", ".join(
-                f"{f.variant.name} at {f.first_target}"
-                if f.first_target
-                else f"{f.variant.name} never"
-                for f in found
-                if f is not fastest
-            )
-            + "."
+            f"(epoch {fastest.first_target})" + (f"; {others}." if others else ".")
         )
     else:
         items.append(
@@ -211,28 +208,30 @@ def findings_blocks(study: StoredStudy) -> list[Block]:
         )
     steady = min(found, key=lambda f: f.last_range)
     shaky = max(found, key=lambda f: f.last_range)
+    spread = f"{steady.last_range:.2f} points for {steady.variant.name}"
+    if shaky is not steady:
+        spread += f" and {shaky.last_range:.2f} for {shaky.variant.name}"
     items.append(
-        f"Stability: over the last {stable} epochs the test accuracy moves within "
-        f"{steady.last_range:.2f} points for {steady.variant.name} and {shaky.last_range:.2f} for "
-        f"{shaky.variant.name}."
+        f"Stability: over the last {stable} epochs the test accuracy moves within {spread}."
     )
-    gaps = "Train - test gap (final epoch): " + ", ".join(
-        f"{f.variant.name} {f.gap:+.2f}" for f in found
+    gaps = (
+        "Train - test gap (final epoch): "
+        + ", ".join(f"{f.variant.name} {f.gap:+.2f}" for f in found)
+        + " points"
     )
     if any(f.gap < 0 for f in found):
         gaps += (
-            " points. Training accuracy is measured on augmented images while the weights "
+            ". Training accuracy is measured on augmented images while the weights "
             "change, so a negative gap means the augmentation makes training harder than the test"
         )
     items.append(gaps + ".")
     quick = min(found, key=lambda f: f.seconds_per_epoch)
     slow = max(found, key=lambda f: f.seconds_per_epoch)
     device = study.study.get("environment", {}).get("device", "?")
-    items.append(
-        f"Time per epoch (median, training and evaluation, on {device}): from "
-        f"{quick.seconds_per_epoch:.1f} s ({quick.variant.name}) to {slow.seconds_per_epoch:.1f} s "
-        f"({slow.variant.name})."
-    )
+    times = f"{quick.seconds_per_epoch:.1f} s ({quick.variant.name})"
+    if slow is not quick:
+        times = f"from {times} to {slow.seconds_per_epoch:.1f} s ({slow.variant.name})"
+    items.append(f"Time per epoch (median, training and evaluation, on {device}): {times}.")
     return [Bullets(items), table]
 
 
