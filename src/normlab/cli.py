@@ -25,9 +25,9 @@ from normlab.config import (
     DEFAULT_L1,
     DEFAULT_L2,
     DEFAULT_VARIANTS,
+    RunSpec,
     StudyConfig,
     TrainOptions,
-    Variant,
     parse_variants,
 )
 from normlab.errors import NormlabError
@@ -54,36 +54,32 @@ class RichReporter(Reporter):
         self.progress = progress
         self.task: int | None = None
 
-    def run_started(self, variant: Variant, seed: int, total_steps: int, done_steps: int) -> None:
+    def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
         if done_steps:
             self.progress.console.print(
-                f"{variant.name:>10} seed {seed}: resuming from its checkpoint "
+                f"{run.path:>16}: resuming from its checkpoint "
                 f"({done_steps}/{total_steps} steps already done)"
             )
-        self.task = self.progress.add_task(
-            f"{variant.name} seed {seed}", total=total_steps, completed=done_steps
-        )
+        self.task = self.progress.add_task(run.path, total=total_steps, completed=done_steps)
 
     def step(self) -> None:
         self.progress.advance(self.task)
 
-    def epoch_done(self, variant: Variant, seed: int, m: EpochMetrics) -> None:
+    def epoch_done(self, run: RunSpec, m: EpochMetrics) -> None:
         self.progress.console.print(
-            f"{variant.name:>10} seed {seed} epoch {m.epoch:>3}  "
+            f"{run.path:>16} epoch {m.epoch:>3}  "
             f"train loss {m.train_loss:.4f} acc {m.train_acc:6.2f}%  "
             f"test loss {m.test_loss:.4f} acc {m.test_acc:6.2f}%  "
             f"lr {m.lr:.4f}  {m.seconds:5.1f}s"
         )
 
-    def run_done(self, variant: Variant, seed: int, status: str, skipped: bool) -> None:
+    def run_done(self, run: RunSpec, status: str, skipped: bool) -> None:
         if skipped:
-            self.progress.console.print(
-                f"{variant.name:>10} seed {seed}: already {status} in this folder, skipped"
-            )
+            self.progress.console.print(f"{run.path:>16}: already {status} in this folder, skipped")
         elif status == "diverged":
-            self.progress.console.print(
-                f"[red]{variant.name:>10} seed {seed}: diverged (non-finite loss)[/red]"
-            )
+            self.progress.console.print(f"[red]{run.path:>16}: diverged (non-finite loss)[/red]")
+        else:
+            self.progress.console.print(f"{run.path:>16}: {status}")
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
