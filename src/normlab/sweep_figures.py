@@ -20,8 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from normlab.atomic import write_atomic
 from normlab.norms import NORM_NAMES
-from normlab.results import read_json, write_atomic
+from normlab.results import read_json
 
 
 def error(acc: float) -> float:
