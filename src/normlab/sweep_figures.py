@@ -73,10 +73,11 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
         (line,) = ax.plot(xs, [error(g["final_test_acc"]) for g in groups], "o-", label=label)
         banded = [g for g in groups if "final_test_acc_ci95" in g]
         if banded:
+            # Few seeds give intervals beyond what an error can be: draw them cut to [0, 100].
             ax.fill_between(
                 [g["batch_size"] for g in banded],
-                [error(g["final_test_acc_ci95"][1]) for g in banded],
-                [error(g["final_test_acc_ci95"][0]) for g in banded],
+                [max(0.0, error(g["final_test_acc_ci95"][1])) for g in banded],
+                [min(100.0, error(g["final_test_acc_ci95"][0])) for g in banded],
                 color=line.get_color(),
                 alpha=0.18,
                 linewidth=0,
@@ -86,12 +87,13 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
             ax.scatter(
                 [g["batch_size"]] * len(seeds), seeds, s=9, color=line.get_color(), alpha=0.5
             )
+    ax.set_ylim(0, 100)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
     ax.set_xlabel("batch size (images per step)")
     ax.set_ylabel("test error % (final epoch)")
-    ax.set_title("Test error vs batch size: mean, 95% interval over seeds, each seed")
+    ax.set_title("Test error vs batch size: mean, 95% interval over seeds (band), each seed")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
