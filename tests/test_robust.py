@@ -334,7 +334,7 @@ def test_image_folder_with_unreadable_image(tmp_path: Path, capsys: pytest.Captu
     assert not (out / "study.json").exists()
 
 
-SWEEPS_ON_MAIN = False  # flip when `normlab sweep FILE.yaml` is merged
+SWEEPS_ON_MAIN = True  # `normlab sweep FILE.yaml` is merged
 
 
 @pytest.mark.xfail(not SWEEPS_ON_MAIN, strict=True, reason="`normlab sweep` is not on main yet")

@@ -25,19 +25,21 @@ from normlab.config import (
     DEFAULT_L1,
     DEFAULT_L2,
     DEFAULT_VARIANTS,
+    RunSpec,
     StudyConfig,
     TrainOptions,
-    Variant,
     parse_variants,
 )
 from normlab.doc import Heading, Para, to_markdown
 from normlab.doc import Table as DocTable
 from normlab.errors import NormlabError
+from normlab.executors import make_executor
 from normlab.explain import example_tensor, explain_blocks, parse_values
 from normlab.models import ARCHS, Net, count_params, layer_summary
 from normlab.norms import NORM_NAMES, NORMS
 from normlab.report import write_report
 from normlab.study import Reporter, run_study
+from normlab.sweep import load_sweep, presets
 from normlab.train import EpochMetrics
 
 app = typer.Typer(
@@ -58,36 +60,32 @@ class RichReporter(Reporter):
         self.progress = progress
         self.task: int | None = None
 
-    def run_started(self, variant: Variant, seed: int, total_steps: int, done_steps: int) -> None:
+    def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
         if done_steps:
             self.progress.console.print(
-                f"{variant.name:>10} seed {seed}: resuming from its checkpoint "
+                f"{run.path:>16}: resuming from its checkpoint "
                 f"({done_steps}/{total_steps} steps already done)"
             )
-        self.task = self.progress.add_task(
-            f"{variant.name} seed {seed}", total=total_steps, completed=done_steps
-        )
+        self.task = self.progress.add_task(run.path, total=total_steps, completed=done_steps)
 
     def step(self) -> None:
         self.progress.advance(self.task)
 
-    def epoch_done(self, variant: Variant, seed: int, m: EpochMetrics) -> None:
+    def epoch_done(self, run: RunSpec, m: EpochMetrics) -> None:
         self.progress.console.print(
-            f"{variant.name:>10} seed {seed} epoch {m.epoch:>3}  "
+            f"{run.path:>16} epoch {m.epoch:>3}  "
             f"train loss {m.train_loss:.4f} acc {m.train_acc:6.2f}%  "
             f"test loss {m.test_loss:.4f} acc {m.test_acc:6.2f}%  "
             f"lr {m.lr:.4f}  {m.seconds:5.1f}s"
         )
 
-    def run_done(self, variant: Variant, seed: int, status: str, skipped: bool) -> None:
+    def run_done(self, run: RunSpec, status: str, skipped: bool) -> None:
         if skipped:
-            self.progress.console.print(
-                f"{variant.name:>10} seed {seed}: already {status} in this folder, skipped"
-            )
+            self.progress.console.print(f"{run.path:>16}: already {status} in this folder, skipped")
         elif status == "diverged":
-            self.progress.console.print(
-                f"[red]{variant.name:>10} seed {seed}: diverged (non-finite loss)[/red]"
-            )
+            self.progress.console.print(f"[red]{run.path:>16}: diverged (non-finite loss)[/red]")
+        else:
+            self.progress.console.print(f"{run.path:>16}: {status}")
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
@@ -184,18 +182,23 @@ def run(
         f"{epochs} epochs x {seeds} seed(s) -> {out}"
     )
     start = time.perf_counter()
-    with Progress(
+    with progress_bars() as progress:
+        summary = run_study(config, out, RichReporter(progress), fresh=fresh)
+    console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
+    console.print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
+    console.print(f"report: {write_report(out, data_dir)}")
+
+
+def progress_bars() -> Progress:
+    """The progress display shared by `run` and `sweep`."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-    ) as progress:
-        summary = run_study(config, out, RichReporter(progress), fresh=fresh)
-    console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
-    console.print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
-    console.print(f"report: {write_report(out, data_dir)}")
+    )
 
 
 @app.command()
@@ -239,6 +242,93 @@ def explain(
             console.rule(b.text)
         elif isinstance(b, Para):
             console.print(b.text, markup=False, highlight=False)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[
+        str | None, typer.Argument(help="A study file (YAML) or a preset name (see --list).")
+    ] = None,
+    list_presets: Annotated[
+        bool, typer.Option("--list", help="List the presets and exit.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Study folder [default: runs/<name>-<timestamp>].")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Override: dataset.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Override: where datasets live.")] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Override: comma-separated variants (replaces a grid).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override: epochs per run.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Override: seeds per setting.")] = None,
+    batch_size: Annotated[
+        str | None, typer.Option(help="Override: batch size(s), comma-separated.")
+    ] = None,
+    lr: Annotated[str | None, typer.Option(help="Override: learning rate(s), comma-separated.")] = (
+        None
+    ),
+    limit_train: Annotated[
+        int | None, typer.Option(help="Override: use only the first N training images.")
+    ] = None,
+    limit_test: Annotated[
+        int | None, typer.Option(help="Override: use only the first N test images.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Override: auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Override: auto, bf16 or fp32.")] = None,
+    workers: Annotated[
+        int, typer.Option(help="Local worker processes (1 thread each on CPU).")
+    ] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Run each run as a task on this Ray cluster (or 'auto').")
+    ] = None,
+    tensorboard: Annotated[
+        bool, typer.Option(help="Write TensorBoard event files in every run folder.")
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="Discard a study already in --out instead of resuming it.")
+    ] = False,
+) -> None:
+    """Run a study file or preset: variants or a grid x batch sizes x learning rates x seeds."""
+    if list_presets:
+        for name in presets():
+            config = load_sweep(name)
+            console.print(f"{name:>12}  {len(config.runs()):>3} runs  {config.description}")
+        return
+    if spec is None:
+        raise NormlabError("name a study file or preset, e.g. 'normlab sweep batch-size'")
+    config = load_sweep(
+        spec,
+        {
+            "dataset": dataset,
+            "data_dir": None if data_dir is None else str(data_dir),
+            "variants": variants,
+            "epochs": epochs,
+            "seeds": seeds,
+            "batch_size": batch_size,
+            "lr": lr,
+            "limit_train": limit_train,
+            "limit_test": limit_test,
+            "device": device,
+            "precision": precision,
+        },
+    )
+    executor = make_executor(workers, ray_address)
+    out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = config.runs()
+    console.print(f"normlab: sweep {config.name}, {len(runs)} runs -> {out}")
+    start = time.perf_counter()
+    with progress_bars() as progress:
+        summary = run_study(
+            config, out, RichReporter(progress), fresh, executor, tensorboard=tensorboard
+        )
+    from normlab.sweep_figures import write_sweep_report
+
+    written = write_sweep_report(out)
+    console.print(summary_table(summary, f"{config.name}: {len(runs)} runs"))
+    console.print(
+        f"wrote {out} ({', '.join(p.name for p in written)}) in {time.perf_counter() - start:.0f}s"
+    )
 
 
 @app.command()

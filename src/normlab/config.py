@@ -148,6 +148,35 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    """One run: a variant, a seed and the training options it uses, plus its folder.
+
+    `path` is the run's folder relative to the study folder and names what differs between
+    runs (`bn+l1/seed0`, or `bn/bs32/seed0` in a batch-size sweep); `group` is that path
+    without the seed, the unit that seeds are aggregated over.
+    """
+
+    variant: Variant
+    seed: int
+    train: TrainOptions
+    path: str
+
+    @property
+    def group(self) -> str:
+        return self.path.rsplit("/", 1)[0]
+
+    def to_dict(self) -> dict:
+        """The run's full configuration, stored in its run.json."""
+        return {
+            "path": self.path,
+            "group": self.group,
+            "variant": {"name": self.variant.name, **dataclasses.asdict(self.variant)},
+            "seed": self.seed,
+            "train": dataclasses.asdict(self.train),
+        }
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: which data, which variants, how many seeds, how to train each run."""
 
@@ -186,6 +215,14 @@ class StudyConfig:
             raise NormlabError(
                 f"--device {self.device!r} unknown; choose one of {', '.join(DEVICES)}"
             )
+
+    def runs(self) -> list[RunSpec]:
+        """Every variant x every seed, all with the same options, in `variant/seed<k>`."""
+        return [
+            RunSpec(v, seed, self.train, f"{v.name}/seed{seed}")
+            for v in self.variants
+            for seed in range(self.seeds)
+        ]
 
     def to_dict(self) -> dict:
         """JSON-ready form, stored as study.json."""

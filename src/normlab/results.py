@@ -5,7 +5,10 @@
     OUT/<variant>/seed<k>/metrics.csv epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds
     OUT/<variant>/seed<k>/model.pt    state_dict (load with weights_only=True)
     OUT/<variant>/seed<k>/predictions.npz  pred, conf, target for every test image
-    OUT/<variant>/seed<k>/run.json    status, parameters, epochs done
+    OUT/<variant>/seed<k>/run.json    status, parameters, epochs done, the run's configuration
+
+A sweep (`normlab sweep`) nests what else differs between runs, e.g. OUT/bn/bs32/seed0; every
+run folder holds the same files, and summary.json has one entry per group of seeds.
 
 Every file is written to a temporary name and renamed into place, so a killed process leaves
 either the old file or the new one, never half of one. Reading needs no model in memory.
@@ -24,7 +27,9 @@ import numpy as np
 import torch
 
 from normlab.atomic import write_atomic
+from normlab.config import RunSpec
 from normlab.errors import NormlabError
+from normlab.stats import mean_ci
 from normlab.train import EpochMetrics, RunResult
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
@@ -47,9 +52,9 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
     return Path(out) / variant / f"seed{seed}"
 
 
-def write_run(out: Path, result: RunResult) -> Path:
+def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
     """Write one run's files; run.json last, so its presence means the run is complete."""
-    d = run_dir(out, result.variant.name, result.seed)
+    d = Path(out) / run.path
     buf = io.StringIO()
     writer = csv.DictWriter(buf, METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -74,6 +79,7 @@ def write_run(out: Path, result: RunResult) -> Path:
             "diverged_epoch": result.diverged_epoch,
             "params": result.params,
             "epochs_done": len(result.metrics),
+            "config": run.to_dict(),
         },
     )
     return d
@@ -123,32 +129,43 @@ def run_summary(d: Path) -> dict:
     return entry
 
 
-def summarize(out: Path, variants: list[dict], seeds: int) -> dict:
-    """summary.json: per variant the mean over seeds of each figure, the per-seed values,
-    and the spread (standard deviation) when there is more than one seed."""
-    out_variants = []
-    for v in variants:
-        runs = [
-            run_summary(run_dir(out, v["name"], s))
-            for s in range(seeds)
-            if (run_dir(out, v["name"], s) / "run.json").exists()
-        ]
-        if not runs:
+def summarize(out: Path, runs: list[RunSpec]) -> dict:
+    """summary.json: one entry per group of seeds (a variant, in a sweep a variant with its
+    batch size and learning rate) with the mean over seeds of each figure, the per-seed values,
+    and for accuracies with more than one seed the standard deviation and a 95% interval."""
+    groups: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    out_groups = []
+    for name, members in groups.items():
+        done = [run_summary(Path(out) / r.path) for r in members if finished(out, r)]
+        if not done:
             continue
+        first = members[0]
         entry = {
-            "name": v["name"],
-            "norm": v["norm"],
-            "l1": v["l1"],
-            "l2": v["l2"],
-            "params": runs[0]["params"],
+            "name": name,
+            "variant": first.variant.name,
+            "norm": first.variant.norm,
+            "l1": first.variant.l1,
+            "l2": first.variant.l2,
+            "batch_size": first.train.batch_size,
+            "lr": first.train.lr,
+            "params": done[0]["params"],
         }
         for key in ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "seconds"):
-            values = [r[key] for r in runs if key in r]
+            values = [r[key] for r in done if key in r]
             if values:
                 entry[key] = round(statistics.fmean(values), 4)
                 if len(values) > 1 and key.endswith("acc"):
+                    _, lo, hi = mean_ci(values)
                     entry[key + "_std"] = round(statistics.stdev(values), 4)
-        entry["status"] = "diverged" if any(r["status"] == "diverged" for r in runs) else "finished"
-        entry["seeds"] = runs
-        out_variants.append(entry)
-    return {"variants": out_variants}
+                    entry[key + "_ci95"] = [round(lo, 4), round(hi, 4)]
+        entry["status"] = "diverged" if any(r["status"] == "diverged" for r in done) else "finished"
+        entry["seeds"] = done
+        out_groups.append(entry)
+    return {"variants": out_groups}
+
+
+def finished(out: Path, run: RunSpec) -> bool:
+    """Whether the run's folder holds a complete run (run.json is written last)."""
+    return (Path(out) / run.path / "run.json").exists()

@@ -1,4 +1,5 @@
-"""A study: every variant x every seed, each a fresh run, written to the study folder.
+"""A study: a list of runs (variants x seeds, or a sweep's grid), each a fresh run, executed by
+an executor and written to the study folder by this process.
 
 The runner knows nothing of terminals or plots: it reports progress through a `Reporter`
 (the CLI's draws rich progress bars) and leaves files that the report reads later. Re-running
@@ -12,39 +13,49 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torchvision
 
 import normlab
 from normlab.atomic import clean_tmp
-from normlab.config import StudyConfig, Variant
-from normlab.data import Dataset, load_dataset, steps_per_epoch
+from normlab.config import RunSpec, TrainOptions
+from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
-from normlab.results import read_json, run_dir, summarize, write_json, write_run
-from normlab.train import (
-    EpochMetrics,
-    load_checkpoint,
-    resolve_device,
-    set_cpu_threads,
-    train_run,
-    use_bf16,
-)
+from normlab.executors import Executor, Job, LocalExecutor
+from normlab.results import finished, read_json, summarize, write_json, write_run
+from normlab.train import EpochMetrics, RunResult, resolve_device, set_cpu_threads, use_bf16
+
+
+class Plan(Protocol):
+    """What the runner needs of a study configuration (`StudyConfig` or `SweepConfig`)."""
+
+    dataset: str
+    data_dir: Path
+    limit_train: int | None
+    limit_test: int | None
+    device: str
+    train: TrainOptions
+
+    def runs(self) -> list[RunSpec]: ...
+
+    def to_dict(self) -> dict: ...
 
 
 class Reporter:
     """Progress hooks the study calls; this base class ignores them all."""
 
-    def run_started(self, variant: Variant, seed: int, total_steps: int, done_steps: int) -> None:
+    def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
         """A run begins (or resumes with `done_steps` of `total_steps` already done)."""
 
     def step(self) -> None:
         """One optimizer step finished."""
 
-    def epoch_done(self, variant: Variant, seed: int, metrics: EpochMetrics) -> None:
+    def epoch_done(self, run: RunSpec, metrics: EpochMetrics) -> None:
         """One epoch finished with these metrics."""
 
-    def run_done(self, variant: Variant, seed: int, status: str, skipped: bool) -> None:
+    def run_done(self, run: RunSpec, status: str, skipped: bool) -> None:
         """A run finished (or was found finished in the folder and skipped)."""
 
 
@@ -72,7 +83,7 @@ def stored_config(study_file: Path) -> dict:
     return config
 
 
-def prepare_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
+def prepare_folder(out: Path, config: Plan, fresh: bool) -> None:
     """Refuse to mix two different studies in one folder; `fresh` clears an old one.
 
     Runs before the data loads, so an unusable --out fails at once; temporary files left by a
@@ -90,10 +101,13 @@ def prepare_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
         return
     old = stored_config(study_file)
     if fresh:
-        for v in old.get("variants", []):
-            # study.json is a user file: only ever delete a variant folder directly in `out`.
-            folder = out / str(v.get("name", "")) if isinstance(v, dict) else out
-            if folder != out and folder.resolve().parent == out.resolve():
+        # study.json is a user file: only ever delete a run's top folder directly in `out`.
+        paths = read_json(study_file).get("runs") or [
+            str(v.get("name", "")) for v in old.get("variants", []) if isinstance(v, dict)
+        ]
+        for top in {str(p).split("/")[0] for p in paths}:
+            folder = out / top
+            if top and folder.resolve().parent == out.resolve():
                 shutil.rmtree(folder, ignore_errors=True)
         (out / "summary.json").unlink(missing_ok=True)
         return
@@ -106,7 +120,7 @@ def prepare_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
         )
 
 
-def load_study_data(config: StudyConfig, device: torch.device) -> Dataset:
+def load_study_data(config: Plan, device: torch.device) -> Dataset:
     """The dataset, cut to the configured limits, on the training device."""
     data = load_dataset(config.dataset, config.data_dir)
     data = Dataset(
@@ -121,21 +135,35 @@ def load_study_data(config: StudyConfig, device: torch.device) -> Dataset:
 
 
 def run_study(
-    config: StudyConfig, out: Path, reporter: Reporter | None = None, fresh: bool = False
+    config: Plan,
+    out: Path,
+    reporter: Reporter | None = None,
+    fresh: bool = False,
+    executor: Executor | None = None,
+    tensorboard: bool = False,
 ) -> dict:
-    """Run (or resume) the study into `out`; returns the summary also written as summary.json."""
+    """Run (or resume) the study into `out`; returns the summary also written as summary.json.
+
+    The executor trains; this process writes every run's files as its result arrives (and,
+    with `tensorboard`, its event file), so results never depend on where a run executed.
+    """
     reporter = reporter or Reporter()
+    executor = executor or LocalExecutor()
     out = Path(out)
+    if tensorboard:
+        from normlab.tblog import write_events  # fails now, not after the first run
     device = resolve_device(config.device)
     if device.type == "cpu":
         set_cpu_threads()
     prepare_folder(out, config, fresh)
     data = load_study_data(config, device)
     bf16 = use_bf16(device, config.train.precision)
+    runs = config.runs()
     write_json(
         out / "study.json",
         {
             "config": config.to_dict(),
+            "runs": [r.path for r in runs],
             "environment": environment(device, bf16),
             "data": {
                 "classes": data.classes,
@@ -148,32 +176,26 @@ def run_study(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    variants = config.to_dict()["variants"]
-    steps = steps_per_epoch(len(data.train), config.train.batch_size)
-    for variant in config.variants:
-        for seed in range(config.seeds):
-            d = run_dir(out, variant.name, seed)
-            checkpoint = d / "checkpoint.pt"
-            if (d / "run.json").exists():
-                checkpoint.unlink(missing_ok=True)  # killed between write_run and the unlink
-                reporter.run_done(variant, seed, read_json(d / "run.json")["status"], True)
-                continue
-            done = len(load_checkpoint(checkpoint)["metrics"]) if checkpoint.exists() else 0
-            reporter.run_started(variant, seed, config.train.epochs * steps, done * steps)
-            result = train_run(
-                variant,
-                seed,
-                data,
-                config.train,
-                device,
-                on_step=reporter.step,
-                on_epoch=lambda m, v=variant, s=seed: reporter.epoch_done(v, s, m),
-                checkpoint=checkpoint,
-            )
-            write_run(out, result)
-            checkpoint.unlink(missing_ok=True)
-            write_json(out / "summary.json", summarize(out, variants, config.seeds))
-            reporter.run_done(variant, seed, result.status, False)
-    summary = summarize(out, variants, config.seeds)
+    jobs = []
+    for run in runs:
+        if finished(out, run):
+            # killed between write_run and the checkpoint's removal
+            (out / run.path / "checkpoint.pt").unlink(missing_ok=True)
+            reporter.run_done(run, read_json(out / run.path / "run.json")["status"], True)
+        else:
+            (out / run.path).mkdir(parents=True, exist_ok=True)
+            jobs.append(Job(run, out / run.path / "checkpoint.pt"))
+
+    def on_done(job: Job, result: RunResult) -> None:
+        d = write_run(out, job.run, result)
+        if tensorboard:
+            write_events(d / "tensorboard", job.run, result)
+        if job.checkpoint is not None:
+            job.checkpoint.unlink(missing_ok=True)
+        write_json(out / "summary.json", summarize(out, runs))
+        reporter.run_done(job.run, result.status, False)
+
+    executor.execute(jobs, data, device, reporter, on_done)
+    summary = summarize(out, runs)
     write_json(out / "summary.json", summary)
     return summary
