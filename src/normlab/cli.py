@@ -3,6 +3,8 @@ turns `NormlabError` into one line on stderr with exit status 2."""
 
 from __future__ import annotations
 
+import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.exceptions import TyperException
 
+from normlab.bench import BenchRow, run_bench
 from normlab.config import (
     DEFAULT_L1,
     DEFAULT_L2,
@@ -158,6 +161,9 @@ def run(
     fresh: Annotated[
         bool, typer.Option(help="Discard a study already in --out instead of resuming it.")
     ] = False,
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the model (pays on a GPU; off by default).")
+    ] = False,
 ) -> None:
     """Train every variant for every seed and write the study folder."""
     config = StudyConfig(
@@ -166,7 +172,12 @@ def run(
         variants=tuple(parse_variants(variants, l1, l2)),
         seeds=seeds,
         train=TrainOptions(
-            epochs=epochs, batch_size=batch_size, lr=lr, groups=groups, precision=precision
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            groups=groups,
+            precision=precision,
+            compile=compile,
         ),
         limit_train=limit_train,
         limit_test=limit_test,
@@ -185,7 +196,10 @@ def run(
     with progress_bars() as progress:
         summary = run_study(config, out, RichReporter(progress), fresh=fresh)
     console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
-    console.print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
+    console.print(
+        f"wrote {out} in {time.perf_counter() - start:.0f}s, peak memory (max RSS) "
+        f"{max_rss_mb():.0f} MB"
+    )
     console.print(f"report: {write_report(out, data_dir)}")
 
 
@@ -242,6 +256,62 @@ def explain(
             console.rule(b.text)
         elif isinstance(b, Para):
             console.print(b.text, markup=False, highlight=False)
+
+
+def max_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+@app.command()
+def bench(
+    data_dir: Annotated[Path, typer.Option(help="Where MNIST lives (MNIST/raw).")] = Path("data"),
+    norms: Annotated[str, typer.Option(help="Comma-separated variants to time.")] = "bn,gn,ln",
+    limit_train: Annotated[
+        int, typer.Option(help="Training images per epoch (the test pass uses N/6).")
+    ] = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile normlab's model.")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Time normlab's epoch against a typical DataLoader pipeline and the model's compute."""
+    table = Table(
+        title=f"normlab bench: {limit_train} training images + {limit_train // 6} test images, "
+        f"batch {batch_size}",
+        caption="img/s = training images / (train + test pass seconds); typical = the faster of "
+        "num_workers 0 and 2 (w); ratio = normlab/typical; efficiency = normlab/compute-only",
+    )
+    for col in ("variant", "normlab img/s", "typical img/s (w)", "compute-only img/s", "ratio",
+                "efficiency", "model GFLOP/s"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "variant" else "right")
+
+    def show(row: BenchRow) -> None:
+        console.print(f"{row.norm}: done")
+        table.add_row(
+            row.norm,
+            f"{row.normlab_img_s:,.0f}",
+            f"{row.typical_img_s:,.0f} ({row.typical_workers})",
+            f"{row.compute_img_s:,.0f}",
+            f"{row.ratio:.2f}",
+            f"{row.efficiency:.2f}",
+            f"{row.flops_per_s / 1e9:.2f}",
+        )
+
+    result = run_bench(data_dir, norms, limit_train, batch_size, device, compile, show)
+    console.print(table)
+    console.print(
+        f"model {result['flops_per_s'] / 1e9:.2f} GFLOP/s over normlab's epochs vs a "
+        f"{'bf16' if result['bf16'] else 'fp32'} 1024x1024 matmul at "
+        f"{result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"({result['device']}, {result['threads']} thread(s))"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
 
 
 @app.command()

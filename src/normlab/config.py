@@ -124,6 +124,7 @@ class TrainOptions:
     precision: str = "auto"
     augment: str = "auto"
     eval_batch_size: int = 1000
+    compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

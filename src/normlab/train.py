@@ -107,14 +107,34 @@ def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: in
     )
 
 
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """The module to call for forward passes: `torch.compile(model)` when enabled, else the
+    model itself. Parameters are shared, so the optimizer and `state_dict` keep using `model`
+    (a compiled module's state_dict keys carry an `_orig_mod.` prefix)."""
+    return torch.compile(model) if enabled else model
+
+
+def eval_batch_size(device: torch.device, batch_size: int) -> int:
+    """A GPU evaluates the whole MNIST test split in a few launches; a CPU gains nothing past
+    the configured size (cache-sized batches are fastest there). Predictions do not depend on
+    the batch size: evaluation uses BatchNorm's running statistics."""
+    return max(batch_size, 10_000) if device.type == "cuda" else batch_size
+
+
 def conv_weights(model: nn.Module) -> list[torch.Tensor]:
     """The tensors L1 and L2 act on (see the module docstring for why only these)."""
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
-    """`strength * sum|w|` over the convolution weights."""
-    return strength * torch.stack([w.abs().sum() for w in conv_weights(model)]).sum()
+def add_l1_grad(model: nn.Module, strength: float) -> None:
+    """Add the gradient of the L1 penalty `strength * sum|w|` (conv weights) to their `.grad`.
+
+    The penalty's gradient is `strength * sign(w)` (0 at w = 0, as autograd's |w| gives), so it
+    is added after `backward` instead of building the penalty into the loss: the same update,
+    without a dozen small autograd nodes per step. The reported loss never included it.
+    """
+    weights = [w for w in conv_weights(model) if w.grad is not None]
+    torch._foreach_add_([w.grad for w in weights], torch._foreach_sign(weights), alpha=strength)
 
 
 def make_optimizer(
@@ -171,9 +191,10 @@ def train_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels)
-        total = loss + l1_penalty(model, variant.l1) if variant.l1 else loss
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss.backward()
+        if variant.l1:
+            add_l1_grad(model, variant.l1)
         opt.step()
         sched.step()
         loss_sum += loss.detach() * len(labels)
@@ -271,18 +292,17 @@ def train_run(
         generator.set_state(state["generator"].cpu())
         metrics = [EpochMetrics(**m) for m in state["metrics"]]
     result = RunResult(variant, seed, count_params(model), metrics, {})
+    net, eval_bs = compiled(model, opts.compile), eval_batch_size(device, opts.eval_batch_size)
     for epoch in range(len(metrics) + 1, opts.epochs + 1):
         start = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(
-            model, data, variant, opt, sched, generator, opts, bf16, augment, on_step
+            net, data, variant, opt, sched, generator, opts, bf16, augment, on_step
         )
         if not math.isfinite(train_loss):
             result.status, result.diverged_epoch = "diverged", epoch
             break
-        test_loss, test_acc, predictions = evaluate(
-            model, data.test, data, opts.eval_batch_size, bf16, fmt
-        )
+        test_loss, test_acc, predictions = evaluate(net, data.test, data, eval_bs, bf16, fmt)
         if not math.isfinite(test_loss):  # e.g. BatchNorm's running variance overflowed
             result.status, result.diverged_epoch = "diverged", epoch
             break
@@ -305,6 +325,6 @@ def train_run(
         if on_epoch is not None:
             on_epoch(m)
     if not result.predictions and result.status == "finished":
-        _, _, result.predictions = evaluate(model, data.test, data, opts.eval_batch_size, bf16, fmt)
+        _, _, result.predictions = evaluate(net, data.test, data, eval_bs, bf16, fmt)
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return result

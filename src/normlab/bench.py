@@ -1,0 +1,264 @@
+"""`normlab bench`: how fast normlab trains, against a typical pipeline and against the model.
+
+Three rates per variant, all in *training* images per second, on the same network, batch size
+and images:
+
+    normlab   one normlab epoch: `train_epoch` over the first N training images, then the test
+              pass over the first N/6 test images (the 60k:10k proportion of a full MNIST
+              epoch). The test pass's time counts; its images do not.
+    typical   the usual recipe: torchvision MNIST with per-image RandomRotation(7), ToTensor and
+              Normalize through a shuffled DataLoader, fp32, the same test pass through a
+              DataLoader; num_workers 0 and 2, the faster one is the baseline.
+    compute   forward + backward + SGD step on one batch already in memory, with normlab's
+              settings (precision, memory format, threads): the ceiling for the training loop.
+
+`ratio` is normlab / typical and `efficiency` normlab / compute. The achieved FLOP/s counts the
+model's convolution FLOPs (torch.utils.flop_counter: the matmul-like ops only, not norms or
+elementwise ops) over the normlab epochs, against a square matmul timed in the same run at the
+same precision, so the two are comparable whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from normlab.config import TrainOptions, Variant, parse_variants
+from normlab.data import Dataset, load_dataset, steps_per_epoch
+from normlab.errors import NormlabError
+from normlab.models import Net
+from normlab.train import (
+    augmentation_for,
+    build_model,
+    compiled,
+    eval_batch_size,
+    evaluate,
+    make_optimizer,
+    memory_format,
+    resolve_device,
+    set_cpu_threads,
+    train_epoch,
+    use_bf16,
+)
+
+TEST_FRACTION = 6  # test images per epoch = training images / 6, as in a full MNIST epoch
+TYPICAL_WORKERS = (0, 2)
+
+
+@dataclass
+class BenchRow:
+    """One variant's figures; the first six fields are the documented JSON keys."""
+
+    norm: str
+    normlab_img_s: float
+    typical_img_s: float
+    compute_img_s: float
+    ratio: float
+    efficiency: float
+    typical_workers: int
+    flops_per_s: float
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures work done, not work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_data(data: Dataset, limit_train: int) -> Dataset:
+    """The first `limit_train` training images and the proportional head of the test split."""
+    if limit_train < 2:
+        raise NormlabError(f"--limit-train must be at least 2, got {limit_train}")
+    test = data.test.head(max(1, limit_train // TEST_FRACTION))
+    return Dataset(data.name, data.train.head(limit_train), test, data.classes, data.mean, data.std)
+
+
+def normlab_epoch(
+    variant: Variant, data: Dataset, opts: TrainOptions, device: torch.device
+) -> float:
+    """Seconds for one normlab epoch (train + test pass), after a short warm-up epoch that
+    builds the kernels' caches (and, with --compile, the compiled graph)."""
+    fmt = memory_format(device, variant.norm)
+    model = build_model(variant, data, opts, 0).to(device, memory_format=fmt)
+    net = compiled(model, opts.compile)
+    bf16, augment = use_bf16(device, opts.precision), augmentation_for(data, opts)
+    steps = 2 * max(1, len(data.train) // opts.batch_size)
+    opt, sched = make_optimizer(model, variant, opts, steps)
+    gen = torch.Generator(device=device).manual_seed(0)
+    eval_bs = eval_batch_size(device, opts.eval_batch_size)
+    warm = Dataset(
+        data.name, data.train.head(3 * opts.batch_size), data.test.head(opts.batch_size),
+        data.classes, data.mean, data.std,
+    )  # fmt: skip
+
+    def epoch(d: Dataset) -> None:
+        train_epoch(net, d, variant, opt, sched, gen, opts, bf16, augment)
+        evaluate(net, d.test, d, eval_bs, bf16, fmt)
+
+    epoch(warm)
+    return _timed(lambda: epoch(data), device)
+
+
+def compute_only(
+    variant: Variant, data: Dataset, opts: TrainOptions, device: torch.device
+) -> tuple[float, float, float]:
+    """(images/s of fwd+bwd+step on one in-memory batch, training FLOPs per image, test-pass
+    FLOPs per image)."""
+    fmt = memory_format(device, variant.norm)
+    model = build_model(variant, data, opts, 0).to(device, memory_format=fmt)
+    net = compiled(model, opts.compile)
+    bf16 = use_bf16(device, opts.precision)
+    opt, _ = make_optimizer(model, variant, opts, 1)
+    images, labels = data.train.images[: opts.batch_size], data.train.labels[: opts.batch_size]
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    x = ((images.float() / 255 - mean) / std).contiguous(memory_format=fmt)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        logits = model(x)
+        F.cross_entropy(logits, labels).backward()
+    train_flops = counter.get_total_flops() / len(labels)
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    eval_flops = counter.get_total_flops() / len(labels)
+    model.train()
+    for _ in range(3):
+        step()
+    n = max(5, min(40, len(data.train) // opts.batch_size))
+    seconds = _timed(lambda: [step() for _ in range(n)], device)
+    return n * len(labels) / seconds, train_flops, eval_flops
+
+
+def typical_epoch(
+    norm: str, data_dir: Path, data: Dataset, batch_size: int, workers: int, device: torch.device
+) -> float:
+    """Seconds for one epoch of the typical recipe (see the module docstring) on the images of
+    `data` (the same first-N subsets), fp32, contiguous, default threads."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    normalize = transforms.Normalize(data.mean, data.std)
+    train_tf = transforms.Compose([transforms.RandomRotation(7), transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    train_set = datasets.MNIST(str(data_dir), train=True, download=False, transform=train_tf)
+    test_set = datasets.MNIST(str(data_dir), train=False, download=False, transform=test_tf)
+    train_loader = DataLoader(
+        Subset(train_set, range(len(data.train))),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+    )
+    test_loader = DataLoader(
+        Subset(test_set, range(len(data.test))), batch_size=1000, num_workers=workers
+    )
+    torch.manual_seed(0)
+    model = Net(norm, in_channels=data.input_shape[0], num_classes=len(data.classes)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def epoch() -> None:
+        model.train()
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for x, y in test_loader:
+                model(x.to(device)).argmax(1).eq(y.to(device)).sum().item()
+
+    return _timed(epoch, device)
+
+
+def matmul_flops(device: torch.device, bf16: bool, seconds: float = 0.5) -> float:
+    """FLOP/s of a 1024x1024 matmul at the precision normlab trains in: what this machine's
+    matrix units deliver right now, under the same load as the rest of the run."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    b = torch.randn(1024, 1024, device=device, dtype=dtype)
+    a @ b
+    n, elapsed = 0, 0.0
+    while elapsed < seconds:
+        elapsed += _timed(lambda: a @ b, device)
+        n += 1
+    return 2 * 1024**3 * n / elapsed
+
+
+def run_bench(
+    data_dir: Path,
+    norms: str = "bn,gn,ln",
+    limit_train: int = 10_000,
+    batch_size: int = 128,
+    device: str = "auto",
+    compile: bool = False,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> dict:
+    """Benchmark every variant in `norms`; returns the JSON-ready result (see module docs)."""
+    variants = parse_variants(norms)
+    dev = resolve_device(device)
+    threads = set_cpu_threads() if dev.type == "cpu" else torch.get_num_threads()
+    opts = TrainOptions(epochs=1, batch_size=batch_size, compile=compile)
+    data = bench_data(load_dataset("mnist", data_dir, download=False), limit_train)
+    data_dev = data.to(dev)
+    bf16 = use_bf16(dev, opts.precision)
+    rows, flops, seconds = [], 0.0, 0.0
+    for variant in variants:
+        compute, train_flops, eval_flops = compute_only(variant, data_dev, opts, dev)
+        t_normlab = normlab_epoch(variant, data_dev, opts, dev)
+        typical = {w: typical_epoch(variant.norm, data_dir, data, batch_size, w, dev)
+                   for w in TYPICAL_WORKERS}  # fmt: skip
+        workers = min(typical, key=typical.get)
+        trained = min(len(data.train), steps_per_epoch(len(data.train), batch_size) * batch_size)
+        epoch_flops = trained * train_flops + len(data.test) * eval_flops
+        flops, seconds = flops + epoch_flops, seconds + t_normlab
+        normlab_rate = trained / t_normlab
+        typical_rate = trained / typical[workers]
+        row = BenchRow(
+            variant.name,
+            normlab_rate,
+            typical_rate,
+            compute,
+            normlab_rate / typical_rate,
+            normlab_rate / compute,
+            workers,
+            epoch_flops / t_normlab,
+        )
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return {
+        "rows": [asdict(r) for r in rows],
+        "flops_per_s": flops / seconds,
+        "matmul_flops_per_s": matmul_flops(dev, bf16),
+        "device": str(dev),
+        "threads": threads,
+        "bf16": bf16,
+        "compile": compile,
+        "limit_train": len(data.train),
+        "test_images": len(data.test),
+        "batch_size": batch_size,
+    }
