@@ -1,0 +1,76 @@
+"""normlab bench and the speed changes that must not change what is computed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from normlab.augment import affine_grid
+from normlab.cli import app
+from normlab.models import Net
+from normlab.train import add_l1_grad, conv_weights
+
+ROW_KEYS = {"norm", "normlab_img_s", "typical_img_s", "compute_img_s", "ratio", "efficiency"}
+
+
+@pytest.mark.parametrize("h, w", [(28, 28), (10, 7)])
+def test_affine_grid_equals_torch(h: int, w: int) -> None:
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(h * w))
+    expected = F.affine_grid(theta, [16, 1, h, w], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, h, w), expected, atol=1e-6, rtol=0)
+
+
+def test_l1_gradient_equals_autograd_of_the_penalty() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    direct, reference = Net("bn"), Net("bn")
+    reference.load_state_dict(direct.state_dict())
+    with torch.no_grad():  # some exact zeros: |w| has gradient 0 there
+        conv_weights(direct)[0][0].zero_()
+        conv_weights(reference)[0][0].zero_()
+    F.cross_entropy(direct(x), y).backward()
+    add_l1_grad(direct, 1e-3)
+    penalty = 1e-3 * sum(w.abs().sum() for w in conv_weights(reference))
+    (F.cross_entropy(reference(x), y) + penalty).backward()
+    for a, b in zip(direct.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_bench_writes_documented_json(mnist_dir, tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data-dir", str(mnist_dir),
+            "--limit-train", "192",
+            "--batch-size", "64",
+            "--norms", "bn,gn",
+            "--repeats", "1",
+            "--device", "cpu",
+            "--json", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [r["norm"] for r in data["rows"]] == ["bn", "gn"]
+    for row in data["rows"]:
+        assert row.keys() >= ROW_KEYS
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ROW_KEYS - {"norm"})
+        assert row["ratio"] == pytest.approx(row["normlab_img_s"] / row["typical_img_s"])
+        assert row["efficiency"] == pytest.approx(row["normlab_img_s"] / row["compute_img_s"])
+    assert data["flops_per_s"] > 0 and data["matmul_flops_per_s"] > 0
+    assert data["test_images"] == 32
+    assert "efficiency" in result.output
+
+
+def test_bench_refuses_a_bad_limit(mnist_dir) -> None:
+    result = CliRunner().invoke(app, ["bench", "--data-dir", str(mnist_dir), "--limit-train", "1"])
+    assert result.exit_code != 0
+    assert "--limit-train must be at least 2" in str(result.exception)
