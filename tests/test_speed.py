@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from normlab.augment import affine_grid
 from normlab.cli import app
-from normlab.models import Net
+from normlab.data import channel_stats
+from normlab.models import MaxPool2d, Net
 from normlab.train import add_l1_grad, conv_weights
 
 ROW_KEYS = {"norm", "normlab_img_s", "typical_img_s", "compute_img_s", "ratio", "efficiency"}
@@ -23,6 +24,26 @@ def test_affine_grid_equals_torch(h: int, w: int) -> None:
     theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(h * w))
     expected = F.affine_grid(theta, [16, 1, h, w], align_corners=False)
     torch.testing.assert_close(affine_grid(theta, h, w), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(4, 3, 28, 28), (2, 5, 7, 9)])
+def test_inference_max_pool_equals_torch(fmt: torch.memory_format, shape: tuple) -> None:
+    x = torch.randn(shape).relu().to(torch.bfloat16).contiguous(memory_format=fmt)
+    x[0, 0, 0, 0] = float("nan")
+    x[..., 1, 1] = x[..., 1, 0]  # ties
+    with torch.inference_mode():
+        ours, theirs = MaxPool2d()(x), torch.nn.MaxPool2d(2)(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    assert ours.is_contiguous(memory_format=fmt)
+
+
+def test_channel_stats_from_histograms_equal_direct_float64() -> None:
+    images = torch.randint(0, 256, (300, 3, 9, 7), dtype=torch.uint8)
+    flat = images.double().div(255).transpose(0, 1).reshape(3, -1)
+    mean, std = channel_stats(images)
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), flat.mean(1))
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), flat.std(1))
 
 
 def test_l1_gradient_equals_autograd_of_the_penalty() -> None:

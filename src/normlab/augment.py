@@ -7,6 +7,7 @@ and lets a checkpoint store the exact augmentation stream.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -70,6 +71,12 @@ def prepare_batch(
     x = images.float().div_(255)
     if generator is not None and augment == "digits":
         x = random_affine(x, generator)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - m).div_(s)
+    return (x - channel_values(mean, x.device)).div_(channel_values(std, x.device))
+
+
+@functools.lru_cache(maxsize=16)
+def channel_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Per-channel constants as a (1, C, 1, 1) tensor on `device`, made once: building them
+    per batch would copy from pageable host memory every step, which on a GPU waits for all
+    the work queued before it (a host sync per step)."""
+    return torch.tensor(values, device=device).view(1, -1, 1, 1)

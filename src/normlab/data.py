@@ -71,10 +71,21 @@ class Dataset:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images on the [0, 1] scale, computed in float64 so the
-    sums over millions of pixels stay exact."""
-    x = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+    """Per-channel mean and (unbiased) std of uint8 images on the [0, 1] scale.
+
+    Computed from each channel's histogram of the 256 levels, in float64: exact, and without
+    the float64 copy of the whole split that a direct `.std()` needs (376 MB for MNIST, most
+    of the study's peak memory).
+    """
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in images.transpose(0, 1).reshape(images.shape[1], -1):
+        counts = torch.bincount(channel, minlength=256).to(torch.float64)
+        n = counts.sum()
+        mean = (counts * levels).sum() / n
+        means.append(mean.item())
+        stds.append(((counts * (levels - mean) ** 2).sum() / (n - 1)).sqrt().item())
+    return tuple(means), tuple(stds)
 
 
 def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
