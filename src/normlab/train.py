@@ -126,12 +126,18 @@ def conv_weights(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def add_l1_grad(model: nn.Module, strength: float) -> None:
-    """Add the gradient of the L1 penalty `strength * sum|w|` (conv weights) to their `.grad`.
+def l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """`strength * sum|w|` over the convolution weights: the L1 term of the training loss.
+    Training adds its gradient directly (`add_l1_grad`); this is the term's definition."""
+    return strength * torch.stack([w.abs().sum() for w in conv_weights(model)]).sum()
 
-    The penalty's gradient is `strength * sign(w)` (0 at w = 0, as autograd's |w| gives), so it
-    is added after `backward` instead of building the penalty into the loss: the same update,
-    without a dozen small autograd nodes per step. The reported loss never included it.
+
+def add_l1_grad(model: nn.Module, strength: float) -> None:
+    """Add the gradient of `l1_penalty(model, strength)` to the conv weights' `.grad`.
+
+    That gradient is `strength * sign(w)` (0 at w = 0, as autograd's |w| gives), so it is added
+    after `backward` instead of building the penalty into the loss: the same update, without a
+    dozen small autograd nodes per step. The reported loss never included the penalty.
     """
     weights = [w for w in conv_weights(model) if w.grad is not None]
     torch._foreach_add_([w.grad for w in weights], torch._foreach_sign(weights), alpha=strength)
