@@ -146,6 +146,8 @@ class TrainOptions:
             raise NormlabError(
                 f"--augment {self.augment!r} unknown; choose one of {', '.join(AUGMENTS)}"
             )
+        if not isinstance(self.compile, bool):
+            raise NormlabError(f"compile must be true or false, got {self.compile!r}")
 
 
 @dataclass(frozen=True)
