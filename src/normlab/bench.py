@@ -157,7 +157,7 @@ def compute_only(
 
     for _ in range(3):
         step()
-    n = max(5, min(40, len(data.train) // opts.batch_size))
+    n = max(5, steps_per_epoch(len(data.train), opts.batch_size))  # as long as the epoch
     seconds = _timed(lambda: [step() for _ in range(n)], device)
     return n * len(labels) / seconds
 
