@@ -66,7 +66,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], words: str, tmp_path:
 @pytest.mark.slow
 def test_run_writes_the_study_folder(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
-    res = normlab(
+    args = [
         "run",
         "--data-dir",
         str(mnist_dir),
@@ -80,7 +80,8 @@ def test_run_writes_the_study_folder(mnist_dir: Path, tmp_path: Path) -> None:
         "300",
         "--out",
         str(out),
-    )
+    ]
+    res = normlab(*args)
     assert res.returncode == 0, res.stderr
     study = json.loads((out / "study.json").read_text())
     assert study["config"]["train"]["epochs"] == 2
@@ -124,20 +125,6 @@ def test_run_writes_the_study_folder(mnist_dir: Path, tmp_path: Path) -> None:
         assert acc == pytest.approx(v["final_test_acc"], abs=1e-3)
     assert summary["variants"][1]["l1"] > 0 and summary["variants"][0]["l1"] == 0
     # Re-running the same command resumes: nothing left to do, same summary.
-    again = normlab(
-        "run",
-        "--data-dir",
-        str(mnist_dir),
-        "--variants",
-        "gn,bn+l1",
-        "--epochs",
-        "2",
-        "--limit-train",
-        "600",
-        "--limit-test",
-        "300",
-        "--out",
-        str(out),
-    )
+    again = normlab(*args)
     assert again.returncode == 0 and "skipped" in again.stdout
     assert json.loads((out / "summary.json").read_text()) == summary
