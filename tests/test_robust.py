@@ -299,7 +299,7 @@ def test_truncated_or_corrupt_mnist(
     assert not (out / "study.json").exists()
 
 
-IMAGE_FOLDERS_ON_MAIN = False  # flip when issue 4 (image folders) is merged
+IMAGE_FOLDERS_ON_MAIN = True  # issue 4 (image folders) is merged
 
 
 @pytest.mark.xfail(
@@ -323,11 +323,12 @@ def test_image_folder_with_unreadable_image(tmp_path: Path, capsys: pytest.Captu
     from PIL import Image
 
     folder = tmp_path / "images"
-    for cls in ("cat", "dog"):
-        (folder / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / cls / f"{i}.png")
-    (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    for split in ("train", "test"):  # the layout issue 4 specifies: SPLIT/CLASS/*.png
+        for cls in ("cat", "dog"):
+            (folder / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / split / cls / f"{i}.png")
+    (folder / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     out = tmp_path / "study"
     code, _, err = main_in_process(capsys, "run", "--dataset", folder, *SMALL, "--out", out)
     assert_one_line_error(code, err, "broken.png")

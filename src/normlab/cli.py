@@ -124,9 +124,19 @@ def summary_table(summary: dict, title: str) -> Table:
 
 @app.command()
 def run(
-    dataset: Annotated[str, typer.Option(help="Dataset to study.")] = "mnist",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="mnist, fashion-mnist, cifar10, or the path of an image folder with "
+            "train/<class>/ and test/<class>/ (or a .tar.gz of one)."
+        ),
+    ] = "mnist",
     data_dir: Annotated[
-        Path, typer.Option(help="Where datasets live (downloaded there when missing).")
+        Path,
+        typer.Option(
+            help="Where datasets live (downloaded there when missing) and where image folders "
+            "are cached after decoding."
+        ),
     ] = Path("data"),
     variants: Annotated[
         str,
@@ -164,6 +174,20 @@ def run(
     compile: Annotated[
         bool, typer.Option(help="torch.compile the model (pays on a GPU; off by default).")
     ] = False,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="auto (digits for MNIST, crop+flip otherwise), none, or steps joined by '+' "
+            "from digits, crop, flip, cutout."
+        ),
+    ] = "auto",
+    model: Annotated[
+        str,
+        typer.Option(
+            help=f"auto (chosen by input shape), a name ({', '.join(ARCHS)}) or a spec string "
+            "such as '24s 32 32 M 40 48'."
+        ),
+    ] = "auto",
 ) -> None:
     """Train every variant for every seed and write the study folder."""
     config = StudyConfig(
@@ -178,15 +202,22 @@ def run(
             groups=groups,
             precision=precision,
             compile=compile,
+            augment=augment,
+            model=model,
         ),
         limit_train=limit_train,
         limit_test=limit_test,
         device=device,
     )
-    # Fail on a bad group count now, not after the data has loaded.
+    # Fail on a bad group count or model spec now, not after the data has loaded.
     for v in config.variants:
-        Net(v.norm, groups=groups, arch=ARCHS.get(dataset, ARCHS["mnist"]))
-    out = out or Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        Net(
+            v.norm,
+            groups=groups,
+            arch=ARCHS.get(model, ARCHS["mnist"] if model == "auto" else model),
+        )
+    name = Path(dataset).name.removesuffix(".tar.gz").removesuffix(".tgz")
+    out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     resuming = "resuming the " if not fresh and (out / "study.json").exists() else ""
     console.print(
         f"normlab: {resuming}study of {', '.join(v.name for v in config.variants)} on {dataset}, "
@@ -412,14 +443,16 @@ def sweep(
 
 @app.command()
 def params(
-    dataset: Annotated[str, typer.Option(help="Which network: one per input shape.")] = "mnist",
+    dataset: Annotated[
+        str, typer.Option(help=f"Which network ({', '.join(ARCHS)}): one per input shape.")
+    ] = "mnist",
     norm: Annotated[str, typer.Option(help="Norm to show the layers of.")] = "gn",
     groups: Annotated[int | None, typer.Option(help="GroupNorm groups.")] = None,
 ) -> None:
     """Print the network's per-layer parameter summary, and the total for every norm."""
     if dataset not in ARCHS:
         raise NormlabError(f"unknown dataset {dataset!r}; choose one of {', '.join(ARCHS)}")
-    shape = {"mnist": (1, 28, 28)}[dataset]
+    shape = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}[dataset]
     model = Net(norm, in_channels=shape[0], groups=groups, arch=ARCHS[dataset])
     table = Table(title=f"{dataset} network with {NORM_NAMES.get(norm, norm)}: {ARCHS[dataset]}")
     for col in ("layer", "type", "output (C, H, W)", "params"):

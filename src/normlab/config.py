@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from normlab.augment import AUGMENT_STEPS, parse_augment
 from normlab.errors import NormlabError
 from normlab.norms import NORMS
 
@@ -21,7 +22,7 @@ DEFAULT_L2 = 1e-4  # SGD weight decay
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
-AUGMENTS = ("auto", "none", "digits")
+AUGMENTS = ("auto", "none", *AUGMENT_STEPS)  # steps also combine: crop+flip
 
 
 def is_number(value: object) -> bool:
@@ -125,6 +126,7 @@ class TrainOptions:
     augment: str = "auto"
     eval_batch_size: int = 1000
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
+    model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -138,13 +140,15 @@ class TrainOptions:
             raise NormlabError(f"--momentum must be a number in [0, 1), got {self.momentum!r}")
         if self.groups is not None and not is_count(self.groups):
             raise NormlabError(f"--groups must be a positive integer, got {self.groups!r}")
+        if self.augment != "auto":
+            parse_augment(self.augment)  # raises on an unknown step, before any work starts
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise NormlabError(
+                f"--model must be auto, a network name or a spec string, got {self.model!r}"
+            )
         if self.precision not in PRECISIONS:
             raise NormlabError(
                 f"--precision {self.precision!r} unknown; choose one of {', '.join(PRECISIONS)}"
-            )
-        if self.augment not in AUGMENTS:
-            raise NormlabError(
-                f"--augment {self.augment!r} unknown; choose one of {', '.join(AUGMENTS)}"
             )
         if not isinstance(self.compile, bool):
             raise NormlabError(f"compile must be true or false, got {self.compile!r}")

@@ -88,23 +88,23 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
-    """MNIST through torchvision, from `data_dir/MNIST/raw` (downloaded there when missing)."""
-    from torchvision.datasets import MNIST
-
-    raw = Path(data_dir) / "MNIST" / "raw"
+def _load_idx(cls: type, name: str, data_dir: Path, download: bool, classes: list[str]) -> Dataset:
+    """MNIST or Fashion-MNIST (same IDX files) through torchvision, from
+    `data_dir/<cls.__name__>/raw` (downloaded there when missing and `download` is on)."""
+    raw = Path(data_dir) / cls.__name__ / "raw"
     try:
-        train = MNIST(str(data_dir), train=True, download=download)
-        test = MNIST(str(data_dir), train=False, download=download)
+        train = cls(str(data_dir), train=True, download=download)
+        test = cls(str(data_dir), train=False, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ValueError
         missing = [f for f in MNIST_FILES if not (raw / f).exists()]
         if missing:
             raise NormlabError(
-                f"MNIST not found in {raw} and could not be downloaded ({type(exc).__name__}); "
-                f"put {', '.join(MNIST_FILES)} there or run where the internet is reachable"
+                f"{cls.__name__} not found in {raw} and could not be downloaded "
+                f"({type(exc).__name__}); put {', '.join(MNIST_FILES)} there or run where the "
+                "internet is reachable"
             ) from None
         raise NormlabError(
-            f"MNIST files in {raw} could not be read ({exc}); they may be truncated or "
+            f"{cls.__name__} files in {raw} could not be read ({exc}); they may be truncated or "
             "corrupt: delete them and download again"
         ) from None
     for d in (train, test):  # well-formed headers can still describe mismatched files
@@ -115,26 +115,82 @@ def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
             or not 0 <= labels.min() <= labels.max() < 10
         ):
             raise NormlabError(
-                f"MNIST files in {raw} disagree ({len(d.data)} images, {len(labels)} labels; "
-                "equal counts of labels 0..9 expected): delete them and download again"
+                f"{cls.__name__} files in {raw} disagree ({len(d.data)} images, "
+                f"{len(labels)} labels; equal counts of labels 0..9 expected): delete them and "
+                "download again"
             )
     splits = [Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in (train, test)]
     mean, std = channel_stats(splits[0].images)
-    return Dataset("mnist", splits[0], splits[1], [str(i) for i in range(10)], mean, std)
+    return Dataset(name, splits[0], splits[1], classes, mean, std)
 
 
-LOADERS = {"mnist": load_mnist}
+def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
+    """MNIST through torchvision, from `data_dir/MNIST/raw` (downloaded there when missing)."""
+    from torchvision.datasets import MNIST
+
+    return _load_idx(MNIST, "mnist", data_dir, download, [str(i) for i in range(10)])
+
+
+def load_fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
+    """Fashion-MNIST through torchvision, from `data_dir/FashionMNIST/raw`: MNIST's format and
+    shape (1x28x28, 10 classes), clothing instead of digits."""
+    from torchvision.datasets import FashionMNIST
+
+    return _load_idx(FashionMNIST, "fashion-mnist", data_dir, download, FashionMNIST.classes)
+
+
+def load_cifar10(data_dir: Path, download: bool = True) -> Dataset:
+    """CIFAR-10 through torchvision, from `data_dir/cifar-10-batches-py` (downloaded there when
+    missing and `download` is on).
+
+    Security: CIFAR-10's official "python version" is a set of *pickle* files, and torchvision's
+    CIFAR10 unpickles them, which runs any code a tampered file contains. It only loads files
+    whose MD5 matches the official release, but only use copies from a source you trust. An image
+    folder (`--dataset PATH`) involves no pickle at all.
+    """
+    from torchvision.datasets import CIFAR10
+
+    folder = Path(data_dir) / CIFAR10.base_folder
+    try:
+        train = CIFAR10(str(data_dir), train=True, download=download)
+        test = CIFAR10(str(data_dir), train=False, download=download)
+    except Exception as exc:  # RuntimeError (not found / corrupt), URLError, OSError
+        raise NormlabError(
+            f"CIFAR-10 not found or corrupt in {folder} and not downloaded "
+            f"({type(exc).__name__}); put {CIFAR10.filename} from {CIFAR10.url} in {data_dir} "
+            "(or its extracted cifar-10-batches-py folder), or run where the internet is reachable"
+        ) from None
+    splits = [
+        Split(
+            torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor(d.targets, dtype=torch.long),
+        )
+        for d in (train, test)
+    ]
+    mean, std = channel_stats(splits[0].images)
+    return Dataset("cifar10", splits[0], splits[1], list(train.classes), mean, std)
+
+
+LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
 
 
 def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
-    """Load a dataset by name."""
-    try:
-        loader = LOADERS[name]
-    except KeyError:
-        raise NormlabError(
-            f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}"
-        ) from None
-    return loader(Path(data_dir), download)
+    """Load a dataset by name, or an image folder / `.tar.gz` of one by path."""
+    if name in LOADERS:
+        return LOADERS[name](Path(data_dir), download)
+    if Path(name).is_dir() or is_archive(Path(name)):
+        from normlab.imagefolder import load_image_folder
+
+        return load_image_folder(Path(name), Path(data_dir))
+    raise NormlabError(
+        f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}, or give the path of an "
+        "image folder with train/<class>/ and test/<class>/ (or a .tar.gz of one)"
+    )
+
+
+def is_archive(path: Path) -> bool:
+    """A `.tar.gz` / `.tgz` file: what `--dataset PATH` accepts besides a folder."""
+    return path.is_file() and path.name.lower().endswith((".tar.gz", ".tgz"))
 
 
 def batches(

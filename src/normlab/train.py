@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.atomic import write_atomic
-from normlab.augment import prepare_batch
+from normlab.augment import default_augment, prepare_batch
 from normlab.config import TrainOptions, Variant
 from normlab.data import Dataset, Split, batches, steps_per_epoch
 from normlab.errors import NormlabError
-from normlab.models import ARCHS, Net, count_params
+from normlab.models import Net, choose_arch, count_params
 
 
 @dataclass
@@ -103,7 +103,7 @@ def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: in
         in_channels=dataset.input_shape[0],
         num_classes=len(dataset.classes),
         groups=opts.groups,
-        arch=ARCHS[dataset.name],
+        arch=choose_arch(dataset.input_shape, opts.model),
     )
 
 
@@ -169,7 +169,7 @@ def make_optimizer(
 
 def augmentation_for(dataset: Dataset, opts: TrainOptions) -> str:
     """The augmentation to use: `auto` means the dataset's default."""
-    return {"mnist": "digits"}.get(dataset.name, "none") if opts.augment == "auto" else opts.augment
+    return default_augment(dataset.name) if opts.augment == "auto" else opts.augment
 
 
 def train_epoch(
