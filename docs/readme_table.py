@@ -20,7 +20,7 @@ def main(out: Path) -> None:
         last3 = " / ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
         per_epoch = sum(r["seconds"] for r in rows) / len(rows)
         print(f"| {v['name']} | {v['params']:,} | {v['final_test_acc']:.2f} | {last3} | "
-              f"{v['best_test_acc']:.2f} ({v['best_epoch']}) | {per_epoch:.1f} |")
+              f"{v['best_test_acc']:.2f} ({v['best_epoch']:g}) | {per_epoch:.1f} |")
 
 
 if __name__ == "__main__":
