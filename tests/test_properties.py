@@ -9,8 +9,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from normlab.augment import AUGMENT_STEPS
 from normlab.config import (
-    AUGMENTS,
     DEVICES,
     PRECISIONS,
     StudyConfig,
@@ -74,7 +74,7 @@ train_options = st.builds(
     momentum=st.floats(min_value=0, max_value=0.99),
     groups=st.none() | st.integers(1, 64),
     precision=st.sampled_from(PRECISIONS),
-    augment=st.sampled_from(AUGMENTS),
+    augment=st.sampled_from(["auto", "none", "crop+flip", *AUGMENT_STEPS]),
     eval_batch_size=counts,
 )
 configs = st.builds(

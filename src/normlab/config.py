@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normlab.augment import AUGMENT_STEPS, parse_augment
+from normlab.augment import parse_augment
 from normlab.errors import NormlabError
 from normlab.norms import NORMS
 
@@ -22,7 +22,6 @@ DEFAULT_L2 = 1e-4  # SGD weight decay
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
-AUGMENTS = ("auto", "none", *AUGMENT_STEPS)  # steps also combine: crop+flip
 
 
 def is_number(value: object) -> bool:

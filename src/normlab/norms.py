@@ -127,8 +127,3 @@ def ref_batch_norm(
         mean, var = running_mean, running_var
     y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + eps)
     return _affine(y, weight, bias)
-
-
-def stat_groups(kind: str, channels: int, groups: int | None = None) -> int:
-    """How many groups of channels share statistics within one sample (not for bn)."""
-    return {"ln": 1, "in": channels, "gn": groups or default_groups(channels)}[kind]
