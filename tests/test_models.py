@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from normlab.data import INPUT_SHAPES
 from normlab.errors import NormlabError
-from normlab.models import ARCHS, Net, count_params, layer_summary
+from normlab.models import Net, check_network, count_params, layer_summary
 from normlab.norms import NORMS
 
 
@@ -37,7 +38,45 @@ def test_layer_summary_adds_up_to_the_parameter_count() -> None:
     assert rows[0].params == 16 * 1 * 3 * 3  # first conv: 16 filters of 1x3x3, no bias
 
 
-def test_bad_architecture_token_is_a_user_error() -> None:
-    with pytest.raises(NormlabError):
-        Net("bn", arch="16 X")
-    assert "M" in ARCHS["mnist"].split()
+@pytest.mark.parametrize("spec", ["16 X", "-4", "0", "16 0v", "16vs", "16 s", "1.5", "16 MM"])
+def test_bad_architecture_token_is_a_user_error(spec: str) -> None:
+    with pytest.raises(NormlabError, match="bad architecture token"):
+        Net("bn", arch=spec)
+
+
+def test_each_kind_of_token_builds_what_the_spec_says() -> None:
+    convs = [m for m in Net("bn", arch="1 16v 8t 4s M").modules() if isinstance(m, nn.Conv2d)]
+    got = [(c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs[:-1]]
+    assert got == [(1, (3, 3), (1, 1), (1, 1)), (16, (3, 3), (1, 1), (0, 0)),
+                   (8, (1, 1), (1, 1), (0, 0)), (4, (3, 3), (2, 2), (1, 1))]  # fmt: skip
+
+
+def test_check_network_refuses_a_spec_that_pools_the_image_away() -> None:
+    with pytest.raises(NormlabError, match="does not fit 1x28x28 images"):
+        check_network("16 M M M M M", INPUT_SHAPES["mnist"], ["bn"], None)
+    check_network("16 M M M M", INPUT_SHAPES["mnist"], ["bn"], None)  # 28 -> 1x1 still fits
+
+
+def test_check_network_uses_the_datasets_own_network() -> None:
+    """16 groups divide every width of the CIFAR network (32, 48), not the MNIST one's 24."""
+    check_network("auto", INPUT_SHAPES["cifar10"], ["gn"], 16)
+    with pytest.raises(NormlabError, match="does not divide 24"):
+        check_network("auto", INPUT_SHAPES["mnist"], ["gn"], 16)
+    check_network("auto", None, ["gn"], 16)  # an image folder: checked once it has loaded
+
+
+def test_check_network_leaves_the_global_random_state_alone() -> None:
+    before = torch.get_rng_state()
+    check_network("auto", INPUT_SHAPES["cifar10"], ["bn", "gn"], None)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_check_network_refuses_batchnorm_on_one_value_per_channel() -> None:
+    """`--limit-train 1` (or --batch-size 1) with a spec that reaches 1x1 would make BatchNorm
+    raise a ValueError mid-training; the built-in networks keep maps of 5x5 and larger."""
+    spec = "16 M M M M 16"  # 28 -> 14 -> 7 -> 3 -> 1
+    with pytest.raises(NormlabError, match="batches of at least 2"):
+        check_network(spec, INPUT_SHAPES["mnist"], ["gn", "bn"], None, batch=1)
+    check_network(spec, INPUT_SHAPES["mnist"], ["bn"], None, batch=2)
+    check_network(spec, INPUT_SHAPES["mnist"], ["gn"], None, batch=1)
+    check_network("auto", INPUT_SHAPES["mnist"], ["bn"], None, batch=1)

@@ -33,12 +33,13 @@ from normlab.config import (
     TrainOptions,
     parse_variants,
 )
+from normlab.data import INPUT_SHAPES
 from normlab.doc import Heading, Para, to_markdown
 from normlab.doc import Table as DocTable
 from normlab.errors import NormlabError
 from normlab.executors import make_executor
 from normlab.explain import example_tensor, explain_blocks, parse_values
-from normlab.models import ARCHS, Net, count_params, layer_summary
+from normlab.models import ARCHS, Net, check_network, choose_arch, count_params, layer_summary
 from normlab.norms import NORM_NAMES, NORMS
 from normlab.report import write_report
 from normlab.study import Reporter, run_study
@@ -92,6 +93,9 @@ class RichReporter(Reporter):
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]note: {text}[/yellow]", highlight=False)
 
 
 def summary_table(summary: dict, title: str) -> Table:
@@ -210,12 +214,8 @@ def run(
         device=device,
     )
     # Fail on a bad group count or model spec now, not after the data has loaded.
-    for v in config.variants:
-        Net(
-            v.norm,
-            groups=groups,
-            arch=ARCHS.get(model, ARCHS["mnist"] if model == "auto" else model),
-        )
+    norms, batch = (v.norm for v in config.variants), min(batch_size, limit_train or batch_size)
+    check_network(model, INPUT_SHAPES.get(dataset), norms, groups, batch)
     name = Path(dataset).name.removesuffix(".tar.gz").removesuffix(".tgz")
     out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     resuming = "resuming the " if not fresh and (out / "study.json").exists() else ""
@@ -444,26 +444,31 @@ def sweep(
 @app.command()
 def params(
     dataset: Annotated[
-        str, typer.Option(help=f"Which network ({', '.join(ARCHS)}): one per input shape.")
+        str, typer.Option(help=f"Whose network: {', '.join(INPUT_SHAPES)} (by input shape).")
     ] = "mnist",
     norm: Annotated[str, typer.Option(help="Norm to show the layers of.")] = "gn",
     groups: Annotated[int | None, typer.Option(help="GroupNorm groups.")] = None,
+    model: Annotated[
+        str,
+        typer.Option(help=f"auto (by input shape), a name ({', '.join(ARCHS)}) or a spec string."),
+    ] = "auto",
 ) -> None:
     """Print the network's per-layer parameter summary, and the total for every norm."""
-    if dataset not in ARCHS:
-        raise NormlabError(f"unknown dataset {dataset!r}; choose one of {', '.join(ARCHS)}")
-    shape = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}[dataset]
-    model = Net(norm, in_channels=shape[0], groups=groups, arch=ARCHS[dataset])
-    table = Table(title=f"{dataset} network with {NORM_NAMES.get(norm, norm)}: {ARCHS[dataset]}")
+    if dataset not in INPUT_SHAPES:
+        raise NormlabError(f"unknown dataset {dataset!r}; choose one of {', '.join(INPUT_SHAPES)}")
+    shape = INPUT_SHAPES[dataset]
+    check_network(model, shape, NORMS, groups)
+    arch = choose_arch(shape, model)
+    net = Net(norm, in_channels=shape[0], groups=groups, arch=arch)
+    table = Table(title=f"{dataset} network with {NORM_NAMES.get(norm, norm)}: {arch}")
     for col in ("layer", "type", "output (C, H, W)", "params"):
         table.add_column(col, justify="right" if col == "params" else "left")
-    for row in layer_summary(model, shape):
+    for row in layer_summary(net, shape):
         table.add_row(row.name, row.kind, "x".join(map(str, row.out_shape)), f"{row.params:,}")
-    table.add_row("", "total", "", f"{count_params(model):,}")
+    table.add_row("", "total", "", f"{count_params(net):,}")
     console.print(table)
     totals = ", ".join(
-        f"{n}: {count_params(Net(n, shape[0], groups=groups, arch=ARCHS[dataset])):,}"
-        for n in NORMS
+        f"{n}: {count_params(Net(n, shape[0], groups=groups, arch=arch)):,}" for n in NORMS
     )
     console.print(f"parameters per norm: {totals}")
 

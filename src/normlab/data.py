@@ -172,6 +172,13 @@ def load_cifar10(data_dir: Path, download: bool = True) -> Dataset:
 
 
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+# (C, H, W) of each named dataset, known without loading it: flags that depend on the network
+# (--groups, --model) are checked against these before any download or decoding.
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
 
 
 def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
@@ -198,8 +205,9 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Slices of a split: shuffled with `generator` (training) or in order (evaluation).
 
-    When shuffling, the last incomplete batch is dropped (a different one each epoch), so
-    BatchNorm never sees a batch of one; a split smaller than a batch is one batch.
+    When shuffling, the last incomplete batch is dropped (a different one each epoch); a split
+    smaller than a batch is one batch, of one image when the split has one (the study refuses
+    that where a BatchNorm layer would then see a single value per channel).
     """
     n = len(split)
     if generator is None:

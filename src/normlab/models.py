@@ -15,6 +15,8 @@ fully connected layers, so the parameter count does not depend on the input size
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,8 @@ ARCHS: dict[str, str] = {
     "cifar": "32s 32 M 48 48 48t",
 }
 ARCH_BY_SHAPE: dict[tuple[int, int], str] = {(28, 28): "mnist", (32, 32): "cifar"}
+# One convolution token: a width, then an optional kind; anything else ('-4', '16vs') is refused.
+CONV_TOKEN = re.compile(r"(\d+)([vts]?)")
 
 
 def choose_arch(input_shape: tuple[int, int, int], model: str = "auto") -> str:
@@ -108,14 +112,13 @@ class Net(nn.Module):
             if token == "M":
                 layers.append(MaxPool2d())
                 continue
-            kind = token[-1] if token[-1] in "vts" else ""
-            try:
-                out = int(token.rstrip("vts"))
-            except ValueError:
+            match = CONV_TOKEN.fullmatch(token)
+            if match is None or int(match[1]) < 1:
                 raise NormlabError(
-                    f"bad architecture token {token!r} in {arch!r}; "
-                    "use e.g. '16', '16v', '16t', '16s' or 'M'"
-                ) from None
+                    f"bad architecture token {token!r} in {arch!r}; use a width of at least 1 "
+                    "with an optional kind, e.g. '16', '16v', '16t', '16s', or 'M'"
+                )
+            out, kind = int(match[1]), match[2]
             size, pad = (1, 0) if kind == "t" else (3, 0 if kind == "v" else 1)
             layers += [
                 nn.Conv2d(
@@ -164,3 +167,49 @@ def layer_summary(model: Net, input_shape: tuple[int, int, int]) -> list[LayerIn
     for h in hooks:
         h.remove()
     return rows
+
+
+def check_network(
+    model: str,
+    input_shape: tuple[int, int, int] | None,
+    norms: Iterable[str],
+    groups: int | None,
+    batch: int = 2,
+) -> None:
+    """Build the network for each norm and push one dummy image of `input_shape` through it,
+    so a spec that does not fit the images (pooled below 1x1, a group count that does not
+    divide a width) fails before the data loads or the first run starts, not mid-study.
+    `batch` is the smallest training batch: BatchNorm refuses to train on one value per
+    channel, i.e. a batch of one image reaching a 1x1 map.
+
+    `input_shape` is None for an image folder that has not been loaded yet: nothing to check
+    then (the study checks again with the loaded shape). The global random state is left as
+    it was: this is validation, not a run."""
+    if input_shape is None:
+        return
+    arch = choose_arch(input_shape, model)
+    shape = "x".join(map(str, input_shape))
+    with torch.random.fork_rng(devices=[]):
+        for norm in dict.fromkeys(norms):
+            net = Net(norm, input_shape[0], groups=groups, arch=arch)
+            try:
+                rows = layer_summary(net, input_shape)
+            except RuntimeError as exc:  # e.g. a 3x3 valid convolution on a 1x1 map
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            else:
+                # The test-pass max-pool returns an empty map where training's would raise.
+                empty = [r for r in rows if 0 in r.out_shape]
+                single = [r for r in rows if r.kind == "BatchNorm2d" and r.out_shape[1:] == (1, 1)]
+                if single and batch < 2:
+                    raise NormlabError(
+                        f"BatchNorm layer {single[0].name} of {arch!r} would normalize one value "
+                        "per channel (a batch of one image at 1x1); train on batches of at least "
+                        "2 (--batch-size, --limit-train) or use a --model with larger maps"
+                    )
+                if not empty:
+                    continue
+                reason = f"layer {empty[0].name} outputs {'x'.join(map(str, empty[0].out_shape))}"
+            raise NormlabError(
+                f"the network {arch!r} does not fit {shape} images ({reason}); "
+                "pass a --model spec with fewer 'M' or stride-2 layers"
+            )

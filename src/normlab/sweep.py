@@ -34,8 +34,9 @@ from normlab.config import (
     Variant,
     parse_variants,
 )
+from normlab.data import INPUT_SHAPES
 from normlab.errors import NormlabError
-from normlab.models import ARCHS, Net
+from normlab.models import check_network
 from normlab.norms import NORMS
 
 TRAIN_KEYS = ("epochs", "momentum", "groups", "precision", "augment", "eval_batch_size")
@@ -253,8 +254,10 @@ def parse_sweep(raw: dict) -> SweepConfig:
     batch_sizes = _int_axis("batch_size", raw.get("batch_size", 128))
     lrs = _lr_axis(raw.get("lr", 0.1))
     dataset = raw.get("dataset", "mnist")
-    for v in variants:  # a bad group count fails now, not after the data has loaded
-        Net(v.norm, groups=train_kw.get("groups"), arch=ARCHS.get(dataset, ARCHS["mnist"]))
+    # a bad group count fails now, not after the data has loaded
+    check_network(
+        "auto", INPUT_SHAPES.get(dataset), (v.norm for v in variants), train_kw.get("groups")
+    )
     return SweepConfig(
         name=raw["name"],
         description=raw.get("description", ""),
