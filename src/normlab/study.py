@@ -9,14 +9,15 @@ its last epoch's checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torchvision
 
 import normlab
 from normlab.atomic import clean_tmp
@@ -24,6 +25,7 @@ from normlab.config import RunSpec, TrainOptions
 from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
 from normlab.executors import Executor, Job, LocalExecutor
+from normlab.models import check_network
 from normlab.results import finished, read_json, summarize, write_json, write_run
 from normlab.train import EpochMetrics, RunResult, resolve_device, set_cpu_threads, use_bf16
 
@@ -58,13 +60,16 @@ class Reporter:
     def run_done(self, run: RunSpec, status: str, skipped: bool) -> None:
         """A run finished (or was found finished in the folder and skipped)."""
 
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error (e.g. what --fresh left)."""
+
 
 def environment(device: torch.device, bf16: bool) -> dict:
     """What the results depend on besides the configuration."""
     return {
         "normlab": normlab.__version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),
         "python": platform.python_version(),
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
@@ -73,21 +78,34 @@ def environment(device: torch.device, bf16: bool) -> dict:
     }
 
 
-def stored_config(study_file: Path) -> dict:
-    """The configuration in an existing study.json; a damaged one is a user-facing error."""
-    config = read_json(study_file).get("config")
-    if not isinstance(config, dict):
-        raise NormlabError(
-            f"{study_file} holds no study configuration; use another --out, or --fresh"
-        )
-    return config
+def read_study(study_file: Path) -> dict | None:
+    """An existing study.json holding a configuration, or None when it is unreadable or holds
+    none (damaged by hand or by a tool): --fresh must still be able to clear such a folder."""
+    try:
+        stored = read_json(study_file)
+    except NormlabError:
+        return None
+    ok = isinstance(stored, dict) and isinstance(stored.get("config"), dict)
+    return stored if ok else None
 
 
-def prepare_folder(out: Path, config: Plan, fresh: bool) -> None:
+def upgraded(stored: dict) -> dict:
+    """A stored configuration as this version writes it: train options added since it was
+    written (such as `compile`) take their defaults, which is what the older version ran with,
+    so older folders (docs/results/cifar10) still resume. Works for run and sweep configs
+    alike, since both store `train` as TrainOptions' fields; a changed value still differs."""
+    train = stored.get("train")
+    if not isinstance(train, dict):
+        return stored
+    return {**stored, "train": {**dataclasses.asdict(TrainOptions()), **train}}
+
+
+def prepare_folder(out: Path, config: Plan, fresh: bool) -> str | None:
     """Refuse to mix two different studies in one folder; `fresh` clears an old one.
 
     Runs before the data loads, so an unusable --out fails at once; temporary files left by a
-    killed process are removed here (readers ignore them anyway).
+    killed process are removed here (readers ignore them anyway). Returns a note for the user
+    when --fresh could not read the old study.json, else None.
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,26 +116,50 @@ def prepare_folder(out: Path, config: Plan, fresh: bool) -> None:
     clean_tmp(out)
     study_file = out / "study.json"
     if not study_file.exists():
-        return
-    old = stored_config(study_file)
+        return None
+    stored = read_study(study_file)
     if fresh:
-        # study.json is a user file: only ever delete a run's top folder directly in `out`.
-        paths = read_json(study_file).get("runs") or [
-            str(v.get("name", "")) for v in old.get("variants", []) if isinstance(v, dict)
-        ]
-        for top in {str(p).split("/")[0] for p in paths}:
-            folder = out / top
-            if top and folder.resolve().parent == out.resolve():
-                shutil.rmtree(folder, ignore_errors=True)
-        (out / "summary.json").unlink(missing_ok=True)
-        return
-    new = config.to_dict()
+        return discard_study(out, config, stored)
+    if stored is None:
+        raise NormlabError(
+            f"{study_file} is unreadable or holds no study configuration; use another --out, "
+            "or --fresh to discard it"
+        )
+    old, new = upgraded(stored["config"]), config.to_dict()
     if old != new:
         diff = sorted(k for k in new if old.get(k) != new[k])
         raise NormlabError(
             f"{out} holds a study with a different configuration (differs in: "
             f"{', '.join(diff)}); use another --out, or --fresh to discard it"
         )
+    return None
+
+
+def discard_study(out: Path, config: Plan, stored: dict | None) -> str | None:
+    """--fresh: delete the old study's run folders (as its study.json, `stored`, lists them),
+    this study's own run folders (a run.json left there would be skipped as finished),
+    study.json and summary.json. Without a readable `stored`, only this study's folders can be
+    found, and the returned note says what was left. study.json is a user file, so only a
+    folder directly inside `out` is ever deleted."""
+    listed, note = [], None
+    if stored is None:
+        note = (
+            f"{out / 'study.json'} was unreadable or held no configuration: removed it and this "
+            f"study's run folders; other folders of an old study in {out} were left as they were"
+        )
+    else:
+        listed = stored.get("runs")
+        if not isinstance(listed, list):
+            variants = stored["config"].get("variants")
+            variants = variants if isinstance(variants, list) else []
+            listed = [v.get("name", "") for v in variants if isinstance(v, dict)]
+    for top in {str(p).split("/")[0] for p in [*listed, *(r.path for r in config.runs())]}:
+        folder = out / top
+        if top and folder.resolve().parent == out.resolve():
+            shutil.rmtree(folder, ignore_errors=True)
+    (out / "summary.json").unlink(missing_ok=True)
+    (out / "study.json").unlink(missing_ok=True)
+    return note
 
 
 def load_study_data(config: Plan, device: torch.device) -> Dataset:
@@ -155,10 +197,17 @@ def run_study(
     device = resolve_device(config.device)
     if device.type == "cpu":
         set_cpu_threads()
-    prepare_folder(out, config, fresh)
+    note = prepare_folder(out, config, fresh)
+    if note:
+        reporter.note(note)
     data = load_study_data(config, device)
-    bf16 = use_bf16(device, config.train.precision)
     runs = config.runs()
+    # Named datasets were checked before loading, but an image folder's shape and the
+    # training split's size (a batch of one) are known only now.
+    norms = (r.variant.norm for r in runs)
+    batch = min(len(data.train), *(r.train.batch_size for r in runs))
+    check_network(config.train.model, data.input_shape, norms, config.train.groups, batch)
+    bf16 = use_bf16(device, config.train.precision)
     write_json(
         out / "study.json",
         {
