@@ -283,7 +283,7 @@ def test_flip_mirrors_some_images_and_keeps_the_rest() -> None:
 
 def test_cutout_zeroes_one_square_per_image() -> None:
     images = torch.full((16, 3, 32, 32), 200, dtype=torch.uint8)
-    x = prepare_batch(images, (0.0,) * 3, (1.0,) * 3, torch.Generator().manual_seed(1), "cutout")
+    x = prepare_batch(images, (0.0,) * 3, (1.0,) * 3, torch.Generator().manual_seed(1), ("cutout",))
     zeros = (x[:, 0] == 0).flatten(1).sum(1)
     assert ((zeros > 0) & (zeros <= 64)).all()
     assert (zeros == 64).any()

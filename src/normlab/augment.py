@@ -138,11 +138,12 @@ def prepare_batch(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     generator: torch.Generator | None = None,
-    augment: str = "none",
+    augment: tuple[str, ...] = (),
 ) -> torch.Tensor:
-    """uint8 batch -> the network's input: augmented (when a generator is given) and normalized."""
+    """uint8 batch -> the network's input: augmented (when a generator is given) and normalized.
+    `augment` is already parsed (`parse_augment`): this runs once per batch."""
     x = images.float().div_(255)
-    steps = parse_augment(augment) if generator is not None else ()
+    steps = augment if generator is not None else ()
     if "digits" in steps:
         x = random_affine(x, generator)
     if "crop" in steps:

@@ -101,7 +101,7 @@ def normlab_epoch(
     steps = 2 * max(1, len(data.train) // opts.batch_size)
     opt, sched = make_optimizer(model, variant, opts, steps)
     gen = torch.Generator(device=device).manual_seed(0)
-    eval_bs = eval_batch_size(device, opts.eval_batch_size)
+    eval_bs = eval_batch_size(device, opts.eval_batch_size, data.input_shape)
     warm = Dataset(
         data.name, data.train.head(3 * opts.batch_size), data.test.head(opts.batch_size),
         data.classes, data.mean, data.std,

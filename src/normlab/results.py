@@ -4,8 +4,11 @@
     OUT/summary.json                  one entry per variant, per-seed values inside
     OUT/<variant>/seed<k>/metrics.csv epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds
     OUT/<variant>/seed<k>/model.pt    state_dict (load with weights_only=True)
-    OUT/<variant>/seed<k>/predictions.npz  pred, conf, target for every test image
+    OUT/<variant>/seed<k>/predictions.npz  pred, conf, target (int32) for every test image
     OUT/<variant>/seed<k>/run.json    status, parameters, epochs done, the run's configuration
+
+A diverged run (run.json status "diverged", with diverged_epoch) has metrics.csv up to its last
+good epoch and no model.pt or predictions.npz: its weights are not a model anyone can use.
 
 A sweep (`normlab sweep`) nests what else differs between runs, e.g. OUT/bn/bs32/seed0; every
 run folder holds the same files, and summary.json has one entry per group of seeds.
@@ -53,7 +56,8 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
 
 
 def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
-    """Write one run's files; run.json last, so its presence means the run is complete."""
+    """Write one run's files; run.json last, so its presence means the run is complete.
+    A diverged run gets no model.pt or predictions.npz (any left from before are removed)."""
     d = Path(out) / run.path
     buf = io.StringIO()
     writer = csv.DictWriter(buf, METRIC_COLUMNS, lineterminator="\n")
@@ -63,10 +67,13 @@ def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
             {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(m).items()}
         )
     write_atomic(d / "metrics.csv", buf.getvalue().encode())
-    model = io.BytesIO()
-    torch.save(result.state_dict, model)
-    write_atomic(d / "model.pt", model.getvalue())
-    if result.predictions:
+    if result.status == "diverged":
+        (d / "model.pt").unlink(missing_ok=True)
+        (d / "predictions.npz").unlink(missing_ok=True)
+    else:
+        model = io.BytesIO()
+        torch.save(result.state_dict, model)
+        write_atomic(d / "model.pt", model.getvalue())
         pred = io.BytesIO()
         np.savez_compressed(pred, **{k: v.numpy() for k, v in result.predictions.items()})
         write_atomic(d / "predictions.npz", pred.getvalue())
@@ -94,15 +101,27 @@ def read_metrics(d: Path) -> list[dict[str, float]]:
         ]
 
 
+def run_file(d: Path, name: str) -> Path:
+    """A run's model.pt or predictions.npz; a missing one is a NormlabError, which says why
+    when the run diverged (such a run stores neither)."""
+    path = Path(d) / name
+    if not path.exists():
+        status_file = Path(d) / "run.json"
+        diverged = status_file.exists() and read_json(status_file).get("status") == "diverged"
+        why = "the run diverged, so it stores no model or predictions" if diverged else "not found"
+        raise NormlabError(f"{path}: {why}")
+    return path
+
+
 def read_predictions(d: Path) -> dict[str, np.ndarray]:
     """predictions.npz: pred, conf and target arrays (no pickles are loaded)."""
-    with np.load(Path(d) / "predictions.npz", allow_pickle=False) as z:
+    with np.load(run_file(d, "predictions.npz"), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
 def load_state_dict(d: Path) -> dict[str, torch.Tensor]:
     """model.pt, loaded safely: tensors only, never arbitrary pickled objects."""
-    return torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
+    return torch.load(run_file(d, "model.pt"), map_location="cpu", weights_only=True)
 
 
 def run_summary(d: Path) -> dict:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.atomic import write_atomic
-from normlab.augment import default_augment, prepare_batch
+from normlab.augment import default_augment, parse_augment, prepare_batch
 from normlab.config import TrainOptions, Variant
 from normlab.data import Dataset, Split, batches, steps_per_epoch
 from normlab.errors import NormlabError
@@ -88,23 +88,26 @@ def set_cpu_threads() -> int:
 
 def memory_format(device: torch.device, norm: str) -> torch.memory_format:
     """channels_last, except GroupNorm/InstanceNorm on CPU: PyTorch's CPU GroupNorm kernel for
-    more than one group is about 2x slower on channels_last bf16 input (measured with
-    `normlab bench`), while BatchNorm and LayerNorm (one group) run faster on it."""
+    more than one group is about 20x slower on channels_last bf16 input than on contiguous input
+    (one thread; README, Speed), while BatchNorm and LayerNorm (one group) run faster on it."""
     if device.type == "cpu" and norm in ("gn", "in"):
         return torch.contiguous_format
     return torch.channels_last
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
-    """A fresh model whose initial weights depend only on `seed`."""
-    torch.manual_seed(seed)
-    return Net(
-        norm=variant.norm,
-        in_channels=dataset.input_shape[0],
-        num_classes=len(dataset.classes),
-        groups=opts.groups,
-        arch=choose_arch(dataset.input_shape, opts.model),
-    )
+    """A fresh model whose initial weights depend only on `seed`. The weights are drawn from
+    the CPU generator seeded inside `fork_rng`, so the caller's global random state (a notebook
+    user's) is the same afterwards as before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return Net(
+            norm=variant.norm,
+            in_channels=dataset.input_shape[0],
+            num_classes=len(dataset.classes),
+            groups=opts.groups,
+            arch=choose_arch(dataset.input_shape, opts.model),
+        )
 
 
 def compiled(model: nn.Module, enabled: bool) -> nn.Module:
@@ -114,11 +117,20 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(model) if enabled else model
 
 
-def eval_batch_size(device: torch.device, batch_size: int) -> int:
-    """A GPU evaluates the whole MNIST test split in a few launches; a CPU gains nothing past
+EVAL_INPUT_BYTES = 256 * 2**20  # the most float32 input one evaluation batch may take on a GPU
+
+
+def eval_batch_size(
+    device: torch.device, batch_size: int, input_shape: tuple[int, int, int]
+) -> int:
+    """The test pass's batch size. A GPU evaluates the whole MNIST test split in one launch,
+    so there the default grows to 10,000 images, but never past 256 MB of float input (large
+    images would run out of memory); a size the user set is kept, and a CPU gains nothing past
     the configured size (cache-sized batches are fastest there). Predictions do not depend on
     the batch size: evaluation uses BatchNorm's running statistics."""
-    return max(batch_size, 10_000) if device.type == "cuda" else batch_size
+    if device.type != "cuda" or batch_size != TrainOptions.eval_batch_size:
+        return batch_size
+    return max(1, min(10_000, EVAL_INPUT_BYTES // (4 * math.prod(input_shape))))
 
 
 def conv_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -167,9 +179,10 @@ def make_optimizer(
     return opt, sched
 
 
-def augmentation_for(dataset: Dataset, opts: TrainOptions) -> str:
-    """The augmentation to use: `auto` means the dataset's default."""
-    return default_augment(dataset.name) if opts.augment == "auto" else opts.augment
+def augmentation_for(dataset: Dataset, opts: TrainOptions) -> tuple[str, ...]:
+    """The augmentation steps to use (`auto` means the dataset's default), parsed once per
+    run rather than per batch."""
+    return parse_augment(default_augment(dataset.name) if opts.augment == "auto" else opts.augment)
 
 
 def train_epoch(
@@ -181,7 +194,7 @@ def train_epoch(
     generator: torch.Generator,
     opts: TrainOptions,
     bf16: bool,
-    augment: str,
+    augment: tuple[str, ...],
     on_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over the shuffled training split; returns (mean loss, accuracy %)."""
@@ -220,7 +233,8 @@ def evaluate(
     bf16: bool,
     fmt: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """Mean loss, accuracy % and per-image predictions (class and confidence) on a split."""
+    """Mean loss, accuracy % and per-image predictions (class and confidence) on a split.
+    Classes are stored as int32: uint8 would wrap past 256 classes without a word."""
     model.eval()
     device = split.images.device
     loss_sum = torch.zeros((), device=device)
@@ -236,9 +250,9 @@ def evaluate(
     pred, conf = torch.cat(preds), torch.cat(confs)
     acc = 100.0 * (pred == split.labels).float().mean().item()
     predictions = {
-        "pred": pred.to(torch.uint8).cpu(),
+        "pred": pred.to(torch.int32).cpu(),
         "conf": conf.cpu(),
-        "target": split.labels.to(torch.uint8).cpu(),
+        "target": split.labels.to(torch.int32).cpu(),
     }
     return loss_sum.item() / len(split), acc, predictions
 
@@ -282,6 +296,10 @@ def train_run(
     With `checkpoint`, the full training state (model, optimizer, schedule, random generator,
     metrics so far) is written atomically after every epoch, and a run finds its checkpoint
     and continues from it, with the same result as if it had never stopped.
+
+    A run whose loss turns non-finite stops there as "diverged" with the metrics of its last
+    good epoch and no state_dict or predictions: the weights are NaN by then, and predictions
+    of an earlier epoch next to them would describe a model that is not stored.
     """
     fmt = memory_format(device, variant.norm)
     model = build_model(variant, data, opts, seed).to(device, memory_format=fmt)
@@ -298,7 +316,8 @@ def train_run(
         generator.set_state(state["generator"].cpu())
         metrics = [EpochMetrics(**m) for m in state["metrics"]]
     result = RunResult(variant, seed, count_params(model), metrics, {})
-    net, eval_bs = compiled(model, opts.compile), eval_batch_size(device, opts.eval_batch_size)
+    net = compiled(model, opts.compile)
+    eval_bs = eval_batch_size(device, opts.eval_batch_size, data.input_shape)
     for epoch in range(len(metrics) + 1, opts.epochs + 1):
         start = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
@@ -330,7 +349,10 @@ def train_run(
             )
         if on_epoch is not None:
             on_epoch(m)
-    if not result.predictions and result.status == "finished":
+    if result.status == "diverged":
+        result.predictions = {}
+        return result
+    if not result.predictions:  # resumed from a checkpoint of the last epoch
         _, _, result.predictions = evaluate(net, data.test, data, eval_bs, bf16, fmt)
     result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return result
