@@ -188,13 +188,48 @@ def test_fresh_only_deletes_variant_folders_inside_the_study(tmp_path: Path):
     assert not (out / "gn").exists()
 
 
+def test_a_study_json_from_before_a_new_train_option_still_resumes(tmp_path: Path):
+    """docs/results/cifar10's study.json predates `compile`: a missing option is its default."""
+    out = tmp_path / "study"
+    out.mkdir()
+    config = StudyConfig(variants=tuple(parse_variants("gn")), data_dir=tmp_path)
+    stored = config.to_dict()
+    del stored["train"]["compile"]
+    (out / "study.json").write_text(json.dumps({"config": stored}))
+    assert prepare_folder(out, config, fresh=False) is None
+    other = StudyConfig(
+        variants=config.variants, data_dir=tmp_path, train=TrainOptions(compile=True)
+    )
+    with pytest.raises(NormlabError, match="differs in: train"):
+        prepare_folder(out, other, fresh=False)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", b'{"runs": ["gn/seed0"]}'])
+def test_fresh_recovers_from_a_damaged_study_json(tmp_path: Path, damage: bytes):
+    out = tmp_path / "study"
+    for folder in (out / "gn" / "seed0", out / "keep", tmp_path / "outside"):
+        folder.mkdir(parents=True)
+    (out / "gn" / "seed0" / "run.json").write_text("{}")  # would be skipped as finished
+    (out / "study.json").write_bytes(damage)
+    (out / "summary.json").write_text("{}")
+    config = StudyConfig(variants=tuple(parse_variants("gn")), data_dir=tmp_path)
+    with pytest.raises(NormlabError, match="--fresh"):
+        prepare_folder(out, config, fresh=False)
+    note = prepare_folder(out, config, fresh=True)
+    assert note is not None and "study.json was unreadable" in note
+    assert not (out / "gn").exists()
+    assert not (out / "study.json").exists() and not (out / "summary.json").exists()
+    assert (out / "keep").is_dir() and (tmp_path / "outside").is_dir()
+
+
 # --- 2. Divergence ----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path: Path):
     """At a peak learning rate of 20 the network without normalization overflows, while
-    GroupNorm's scale invariance keeps its loss finite."""
+    GroupNorm's scale invariance keeps its loss finite. The diverged run keeps the metrics of
+    its good epochs and no model.pt or predictions.npz (its weights are NaN)."""
     out = tmp_path / "study"
     args = ["run", "--data-dir", mnist_dir, "--variants", "none,gn", "--lr", "20"]
     result = run_cli(*args, "--epochs", "2", *SMALL, "--out", out)
@@ -205,9 +240,15 @@ def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path
     (seed,) = summary["none"]["seeds"]
     assert seed["status"] == "diverged"
     assert seed["diverged_epoch"] in (1, 2)
-    assert (
-        read_json(out / "none" / "seed0" / "run.json")["diverged_epoch"] == seed["diverged_epoch"]
-    )
+    diverged = out / "none" / "seed0"
+    assert read_json(diverged / "run.json")["diverged_epoch"] == seed["diverged_epoch"]
+    assert len(read_metrics(diverged)) == seed["diverged_epoch"] - 1
+    assert not (diverged / "model.pt").exists()
+    assert not (diverged / "predictions.npz").exists()
+    with pytest.raises(NormlabError, match="diverged"):
+        read_predictions(diverged)
+    assert (out / "gn" / "seed0" / "model.pt").exists()
+    assert len(read_predictions(out / "gn" / "seed0")["pred"]) == 256
     assert summary["gn"]["status"] == "finished"
     assert summary["gn"]["seeds"][0]["epochs"] == 2
     assert all(np.isfinite(r["test_loss"]) for r in read_metrics(out / "gn" / "seed0"))
@@ -227,6 +268,12 @@ def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path
         (["--batch-size", "0"], ["--batch-size must be a positive integer, got 0"]),
         (["--batch-size", "-1"], ["--batch-size must be a positive integer, got -1"]),
         (["--epochs", "two"], ["Invalid value for '--epochs'"]),
+        (["--model", "-4"], ["bad architecture token '-4'"]),
+        (["--model", "0"], ["bad architecture token '0'", "width of at least 1"]),
+        (["--model", "16vs"], ["bad architecture token '16vs'"]),
+        (["--model", "16 M M M M M"], ["does not fit 1x28x28 images"]),
+        (["--model", "16 M M M M 16", "--limit-train", "1"], ["batches of at least 2"]),
+        (["--variants", "gn", "--dataset", "cifar10", "--groups", "5"], ["does not divide 32"]),
     ],
 )
 def test_bad_run_flags(tmp_path: Path, capsys: pytest.CaptureFixture, args: list, fragments):
@@ -239,6 +286,19 @@ def test_bad_run_flags(tmp_path: Path, capsys: pytest.CaptureFixture, args: list
 def test_unknown_norm(capsys: pytest.CaptureFixture):
     code, _, err = main_in_process(capsys, "params", "--norm", "xx")
     assert_one_line_error(code, err, "unknown norm 'xx'", "bn, gn, ln, in, none")
+
+
+def test_params_takes_dataset_names_and_a_model_spec(capsys: pytest.CaptureFixture):
+    code, out, err = main_in_process(capsys, "params", "--dataset", "cifar10", "--norm", "bn")
+    assert code == 0, err
+    assert "32x16x16" in out  # the CIFAR network's stride-2 stem on 3x32x32 input
+    code, out, err = main_in_process(
+        capsys, "params", "--dataset", "fashion-mnist", "--model", "8 M 4"
+    )
+    assert code == 0, err
+    assert "8x28x28" in out and "4x14x14" in out
+    code, _, err = main_in_process(capsys, "params", "--dataset", "cifar")
+    assert_one_line_error(code, err, "unknown dataset 'cifar'", "cifar10")
 
 
 def test_device_cuda_without_gpu(
@@ -299,12 +359,6 @@ def test_truncated_or_corrupt_mnist(
     assert not (out / "study.json").exists()
 
 
-IMAGE_FOLDERS_ON_MAIN = True  # issue 4 (image folders) is merged
-
-
-@pytest.mark.xfail(
-    not IMAGE_FOLDERS_ON_MAIN, strict=True, reason="image folders arrive with issue 4"
-)
 def test_image_folder_without_classes(tmp_path: Path, capsys: pytest.CaptureFixture):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -316,9 +370,6 @@ def test_image_folder_without_classes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (out / "study.json").exists()
 
 
-@pytest.mark.xfail(
-    not IMAGE_FOLDERS_ON_MAIN, strict=True, reason="image folders arrive with issue 4"
-)
 def test_image_folder_with_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFixture):
     from PIL import Image
 
@@ -335,10 +386,6 @@ def test_image_folder_with_unreadable_image(tmp_path: Path, capsys: pytest.Captu
     assert not (out / "study.json").exists()
 
 
-SWEEPS_ON_MAIN = True  # `normlab sweep FILE.yaml` is merged
-
-
-@pytest.mark.xfail(not SWEEPS_ON_MAIN, strict=True, reason="`normlab sweep` is not on main yet")
 @pytest.mark.parametrize(
     ("text", "key"),
     [("variants: [gn, ln]\nepochz: 3\n", "epochz"), ("variants: [gn]\nepochs: two\n", "epochs")],
