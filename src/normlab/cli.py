@@ -41,8 +41,9 @@ from normlab.executors import make_executor
 from normlab.explain import example_tensor, explain_blocks, parse_values
 from normlab.models import ARCHS, Net, check_network, choose_arch, count_params, layer_summary
 from normlab.norms import NORM_NAMES, NORMS
+from normlab.progress import Reporter
 from normlab.report import write_report
-from normlab.study import Reporter, run_study
+from normlab.study import run_study
 from normlab.sweep import load_sweep, presets
 from normlab.train import EpochMetrics
 
@@ -375,9 +376,13 @@ def sweep(
     batch_size: Annotated[
         str | None, typer.Option(help="Override: batch size(s), comma-separated.")
     ] = None,
-    lr: Annotated[str | None, typer.Option(help="Override: learning rate(s), comma-separated.")] = (
-        None
-    ),
+    lr: Annotated[
+        str | None,
+        typer.Option(
+            help="Override: learning rate(s), comma-separated; with lr_reference_batch set in "
+            "the study file, each is the rate at that batch size and scales with a run's batch."
+        ),
+    ] = None,
     limit_train: Annotated[
         int | None, typer.Option(help="Override: use only the first N training images.")
     ] = None,
@@ -387,7 +392,11 @@ def sweep(
     device: Annotated[str | None, typer.Option(help="Override: auto, cpu or cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="Override: auto, bf16 or fp32.")] = None,
     workers: Annotated[
-        int, typer.Option(help="Local worker processes (1 thread each on CPU).")
+        int,
+        typer.Option(help="Local worker processes (on CPU, the cores shared out between them)."),
+    ] = 1,
+    cpus_per_run: Annotated[
+        int, typer.Option(help="CPUs (torch threads) each Ray task asks for; with --ray-address.")
     ] = 1,
     ray_address: Annotated[
         str | None, typer.Option(help="Run each run as a task on this Ray cluster (or 'auto').")
@@ -423,7 +432,7 @@ def sweep(
             "precision": precision,
         },
     )
-    executor = make_executor(workers, ray_address)
+    executor = make_executor(workers, ray_address, cpus_per_run)
     out = out or Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs = config.runs()
     console.print(f"normlab: sweep {config.name}, {len(runs)} runs -> {out}")

@@ -5,6 +5,10 @@ Every executor gets the same list of jobs and the already loaded dataset, trains
 `on_done`, which writes the study folder. Workers never write results themselves, so a Ray
 cluster needs no shared filesystem: the dataset travels through Ray's object store and the
 results come back the same way.
+
+A run that fails in a pool or on Ray does not cost the others: every result that arrives is
+written, and the failures are raised together at the end as one NormlabError, so rerunning the
+same command redoes only the failed runs.
 """
 
 from __future__ import annotations
@@ -16,17 +20,14 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import torch
 
 from normlab.config import RunSpec
 from normlab.data import Dataset, steps_per_epoch
 from normlab.errors import NormlabError
+from normlab.progress import Reporter
 from normlab.train import RunResult, load_checkpoint, resolve_device, train_run
-
-if TYPE_CHECKING:  # the study imports executors, not the other way round
-    from normlab.study import Reporter
 
 OnDone = Callable[["Job", RunResult], None]
 
@@ -45,14 +46,31 @@ class Job:
         return len(load_checkpoint(self.checkpoint)["metrics"])
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message, no traceback."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 class Executor:
-    """Runs jobs and reports each result to `on_done` in the driver process."""
+    """Runs jobs and reports each result to `on_done` in the driver process.
+
+    `device` is the study's configured device (auto, cpu or cuda), not the driver's resolved
+    one: where runs execute elsewhere (Ray), `auto` must be decided by the cluster's hardware
+    and `cpu` must stay on CPUs even on a cluster with GPUs.
+    """
 
     def execute(
         self,
         jobs: Sequence[Job],
         data: Dataset,
-        device: torch.device,
+        device: str,
         reporter: Reporter,
         on_done: OnDone,
     ) -> None:
@@ -66,10 +84,11 @@ class LocalExecutor(Executor):
         self,
         jobs: Sequence[Job],
         data: Dataset,
-        device: torch.device,
+        device: str,
         reporter: Reporter,
         on_done: OnDone,
     ) -> None:
+        dev = resolve_device(device)
         for job in jobs:
             run = job.run
             steps = steps_per_epoch(len(data.train), run.train.batch_size)
@@ -79,12 +98,49 @@ class LocalExecutor(Executor):
                 run.seed,
                 data,
                 run.train,
-                device,
+                dev,
                 on_step=reporter.step,
                 on_epoch=lambda m, r=run: reporter.epoch_done(r, m),
                 checkpoint=job.checkpoint,
             )
             on_done(job, result)
+
+
+class Collector:
+    """Takes the results of remote runs as they arrive: reports each run to the reporter (its
+    epochs come back only with its result, so progress is per run), writes it with `on_done`,
+    and keeps failures for one error at the end instead of losing the runs still going."""
+
+    def __init__(self, train_size: int, reporter: Reporter, on_done: OnDone) -> None:
+        self.train_size, self.reporter, self.on_done = train_size, reporter, on_done
+        self.failures: list[tuple[str, str]] = []  # (run path, one-line cause)
+
+    def take(self, job: Job, fetch: Callable[[], RunResult], done_epochs: int = 0) -> None:
+        """Fetch one job's result (raising what the run raised) and write it, or note why not."""
+        try:
+            result = fetch()
+        except Exception as exc:  # any run's failure: reported with the others at the end
+            self.failures.append((job.run.path, one_line(exc)))
+            return
+        run = job.run
+        steps = steps_per_epoch(self.train_size, run.train.batch_size)
+        self.reporter.run_started(run, run.train.epochs * steps, done_epochs * steps)
+        for metrics in result.metrics[done_epochs:]:
+            self.reporter.epoch_done(run, metrics)
+        self.on_done(job, result)
+
+    def raise_failures(self, total: int) -> None:
+        """One NormlabError naming every failed run and its cause, if any failed."""
+        if not self.failures:
+            return
+        causes: dict[str, list[str]] = {}
+        for path, cause in self.failures:
+            causes.setdefault(cause, []).append(path)
+        detail = "; ".join(f"{', '.join(paths)}: {cause}" for cause, paths in causes.items())
+        raise NormlabError(
+            f"{len(self.failures)} of {total} run(s) failed ({detail}); the others are written, "
+            "and rerunning the same command retries only the failed ones"
+        )
 
 
 _worker_data: Dataset | None = None
@@ -107,38 +163,44 @@ def _pool_run(job: Job, device: str) -> RunResult:
 
 
 class PoolExecutor(Executor):
-    """`workers` local processes, each training one run at a time on `threads` threads.
+    """`workers` local processes, each training one run at a time on `threads` threads
+    (default: this process's cores shared out, at least one each).
 
     Worth it when several cores (or GPUs, one run each) are free: small networks do not keep
     many cores busy from one process. Unfinished runs continue from their checkpoints.
     """
 
-    def __init__(self, workers: int, threads: int = 1) -> None:
+    def __init__(self, workers: int, threads: int | None = None) -> None:
         if workers < 1:
             raise NormlabError(f"--workers must be a positive integer, got {workers}")
-        self.workers, self.threads = workers, threads
+        self.workers = workers
+        self.threads = threads or max(1, available_cores() // workers)
 
     def execute(
         self,
         jobs: Sequence[Job],
         data: Dataset,
-        device: torch.device,
+        device: str,
         reporter: Reporter,
         on_done: OnDone,
     ) -> None:
-        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        dev = resolve_device(device)
+        gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+        collector = Collector(len(data.train), reporter, on_done)
         ctx = multiprocessing.get_context("spawn")  # fork after torch threads can deadlock
         with ProcessPoolExecutor(
             self.workers, ctx, initializer=_pool_init, initargs=(data.to("cpu"), self.threads)
         ) as pool:
             pending = {}
             for i, job in enumerate(jobs):
-                dev = f"cuda:{i % gpus}" if gpus else str(device)
-                pending[pool.submit(_pool_run, job, dev)] = job
+                target = f"cuda:{i % gpus}" if gpus else str(dev)
+                pending[pool.submit(_pool_run, job, target)] = (job, job.done_epochs())
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    on_done(pending.pop(future), future.result())
+                    job, done = pending.pop(future)
+                    collector.take(job, future.result, done)
+        collector.raise_failures(len(jobs))
 
 
 def _import_ray() -> ModuleType:
@@ -158,19 +220,31 @@ def _ray_run(run: RunSpec, data: Dataset, device: str, threads: int) -> RunResul
     return train_run(run.variant, run.seed, data.to(dev), run.train, dev)
 
 
+def ray_uses_gpu(device: str, cluster_gpus: float) -> bool:
+    """Whether Ray tasks take a GPU: for `cuda` always, for `auto` when the cluster has one,
+    for `cpu` never (the user asked for it, GPUs or not)."""
+    if device == "cuda" and cluster_gpus <= 0:
+        raise NormlabError(
+            "--device cuda asked for, but the Ray cluster has no GPU; use --device cpu or auto"
+        )
+    return device == "cuda" or (device == "auto" and cluster_gpus > 0)
+
+
 class RayExecutor(Executor):
-    """Each run a Ray task needing 1 GPU (when the study uses CUDA, or `auto` and the cluster
-    has GPUs) or `cpus` CPUs. Unfinished runs restart from their beginning: checkpoints would
-    live on the worker, and the driver skips only runs it has written."""
+    """Each run a Ray task needing 1 GPU (see `ray_uses_gpu`) or `cpus` CPUs. Unfinished runs
+    restart from their beginning: checkpoints would live on the worker, and the driver skips
+    only runs it has written."""
 
     def __init__(self, address: str, cpus: int = 1) -> None:
+        if cpus < 1:
+            raise NormlabError(f"--cpus-per-run must be a positive integer, got {cpus}")
         self.address, self.cpus = address, cpus
 
     def execute(
         self,
         jobs: Sequence[Job],
         data: Dataset,
-        device: torch.device,
+        device: str,
         reporter: Reporter,
         on_done: OnDone,
     ) -> None:
@@ -185,8 +259,18 @@ class RayExecutor(Executor):
                 f"cannot connect to the Ray cluster at {self.address!r} ({exc}); start one with "
                 "'ray start --head' or pass its address as --ray-address HOST:PORT"
             ) from None
+        collector = Collector(len(data.train), reporter, on_done)
+
+        def fetch(ref: object) -> RunResult:
+            """The task's result; a task's error becomes its cause, without the worker's
+            traceback that Ray folds into the message."""
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.cause from None
+
         try:
-            gpu = device.type == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
+            gpu = ray_uses_gpu(device, ray.cluster_resources().get("GPU", 0))
             task = ray.remote(_ray_run).options(
                 num_cpus=1 if gpu else self.cpus, num_gpus=1 if gpu else 0, max_retries=1
             )
@@ -196,21 +280,26 @@ class RayExecutor(Executor):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    on_done(pending.pop(ref), ray.get(ref))
+                    collector.take(pending.pop(ref), lambda r=ref: fetch(r))
         finally:
             ray.shutdown()
+        collector.raise_failures(len(jobs))
 
 
-def make_executor(workers: int = 1, ray_address: str | None = None) -> Executor:
+def make_executor(
+    workers: int = 1, ray_address: str | None = None, cpus_per_run: int = 1
+) -> Executor:
     """The executor the CLI's flags ask for."""
     if ray_address:
         if workers != 1:
             raise NormlabError("--workers and --ray-address exclude each other; Ray schedules runs")
-        return RayExecutor(ray_address)
+        return RayExecutor(ray_address, cpus_per_run)
+    if cpus_per_run != 1:
+        raise NormlabError("--cpus-per-run is for Ray tasks; with --ray-address only")
     if workers == 1:
         return LocalExecutor()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if workers > (cores or 1) and not torch.cuda.is_available():
+    cores = available_cores()
+    if workers > cores and not torch.cuda.is_available():
         raise NormlabError(
             f"--workers {workers} is more than the {cores} CPU core(s) available; "
             f"use at most --workers {cores}"

@@ -26,8 +26,9 @@ from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
 from normlab.executors import Executor, Job, LocalExecutor
 from normlab.models import check_network
+from normlab.progress import Reporter
 from normlab.results import finished, read_json, summarize, write_json, write_run
-from normlab.train import EpochMetrics, RunResult, resolve_device, set_cpu_threads, use_bf16
+from normlab.train import RunResult, resolve_device, set_cpu_threads, use_bf16
 
 
 class Plan(Protocol):
@@ -43,25 +44,6 @@ class Plan(Protocol):
     def runs(self) -> list[RunSpec]: ...
 
     def to_dict(self) -> dict: ...
-
-
-class Reporter:
-    """Progress hooks the study calls; this base class ignores them all."""
-
-    def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
-        """A run begins (or resumes with `done_steps` of `total_steps` already done)."""
-
-    def step(self) -> None:
-        """One optimizer step finished."""
-
-    def epoch_done(self, run: RunSpec, metrics: EpochMetrics) -> None:
-        """One epoch finished with these metrics."""
-
-    def run_done(self, run: RunSpec, status: str, skipped: bool) -> None:
-        """A run finished (or was found finished in the folder and skipped)."""
-
-    def note(self, text: str) -> None:
-        """Something the user should know that is not an error (e.g. what --fresh left)."""
 
 
 def environment(device: torch.device, bf16: bool) -> dict:
@@ -244,7 +226,7 @@ def run_study(
         write_json(out / "summary.json", summarize(out, runs))
         reporter.run_done(job.run, result.status, False)
 
-    executor.execute(jobs, data, device, reporter, on_done)
+    executor.execute(jobs, data, config.device, reporter, on_done)
     summary = summarize(out, runs)
     write_json(out / "summary.json", summary)
     return summary
