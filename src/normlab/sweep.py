@@ -33,13 +33,23 @@ from normlab.config import (
     TrainOptions,
     Variant,
     parse_variants,
+    spell_strength,
 )
 from normlab.data import INPUT_SHAPES
 from normlab.errors import NormlabError
 from normlab.models import check_network
 from normlab.norms import NORMS
 
-TRAIN_KEYS = ("epochs", "momentum", "groups", "precision", "augment", "eval_batch_size")
+TRAIN_KEYS = (
+    "epochs",
+    "momentum",
+    "groups",
+    "precision",
+    "augment",
+    "eval_batch_size",
+    "model",
+    "compile",
+)
 KEYS = (
     "name",
     "description",
@@ -85,15 +95,30 @@ class SweepConfig:
         return lr * batch_size / self.lr_reference_batch
 
     def runs(self) -> list[RunSpec]:
-        """Every variant x batch size x learning rate x seed."""
+        """Every variant x batch size x learning rate x seed, each in a folder of its own.
+
+        Learning rates are spelled like strengths (exactly, so 0.1 and 0.1000001 never share
+        `lr0.1`); a collision left anyway would make two runs overwrite one folder, so it is
+        refused here, before any work starts.
+        """
         runs = []
         for v, bs, lr, seed in itertools.product(
             self.variants, self.batch_sizes, self.lrs, range(self.seeds)
         ):
-            parts = [f"bs{bs}"] * (len(self.batch_sizes) > 1) + [f"lr{lr:g}"] * (len(self.lrs) > 1)
+            parts = []
+            if len(self.batch_sizes) > 1:
+                parts.append(f"bs{bs}")
+            if len(self.lrs) > 1:
+                parts.append(f"lr{spell_strength(lr)}")
             middle = "-".join(parts) + "/" if parts else ""
             opts = dataclasses.replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs))
             runs.append(RunSpec(v, seed, opts, f"{v.name}/{middle}seed{seed}"))
+        paths = [r.path for r in runs]
+        if len(set(paths)) < len(paths):
+            twice = next(p for p in paths if paths.count(p) > 1)
+            raise NormlabError(
+                f"two runs would share the folder {twice!r}; make their settings differ"
+            )
         return runs
 
     def to_dict(self) -> dict:
@@ -231,7 +256,16 @@ def parse_sweep(raw: dict) -> SweepConfig:
         raise NormlabError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(KEYS)}")
     if ("variants" in raw) == ("grid" in raw):
         raise NormlabError("give either 'variants' (a list such as [gn, ln, bn+l1]) or 'grid'")
-    for key in ("name", "description", "dataset", "data_dir", "precision", "augment", "device"):
+    for key in (
+        "name",
+        "description",
+        "dataset",
+        "data_dir",
+        "precision",
+        "augment",
+        "device",
+        "model",
+    ):
         if key in raw and not isinstance(raw[key], str):
             raise NormlabError(f"{key} must be a string, got {raw[key]!r}")
     if raw.get("device", "auto") not in DEVICES:
@@ -254,9 +288,10 @@ def parse_sweep(raw: dict) -> SweepConfig:
     batch_sizes = _int_axis("batch_size", raw.get("batch_size", 128))
     lrs = _lr_axis(raw.get("lr", 0.1))
     dataset = raw.get("dataset", "mnist")
-    # a bad group count fails now, not after the data has loaded
+    # a bad group count or model spec fails now, not after the data has loaded
+    model = train_kw.get("model", "auto")
     check_network(
-        "auto", INPUT_SHAPES.get(dataset), (v.norm for v in variants), train_kw.get("groups")
+        model, INPUT_SHAPES.get(dataset), (v.norm for v in variants), train_kw.get("groups")
     )
     return SweepConfig(
         name=raw["name"],
