@@ -1,9 +1,11 @@
 """A sweep's table and figures, drawn from summary.json alone (no model in memory).
 
     results.md      one row per group of seeds: mean test error, std and 95% interval
-    batch_size.png  test error against batch size (log axis), a band per variant for the
-                    95% interval over seeds and a dot per seed (when the batch size varies)
-    heatmap.png     mean test error over l1 x l2, one panel per norm (when l1 or l2 varies)
+    batch_size.png  test error against batch size (log axis), a line per variant and learning
+                    rate, a band for the 95% interval over seeds and a dot per seed (when the
+                    batch size varies)
+    heatmap.png     mean test error over l1 x l2, a panel per norm, batch size and learning
+                    rate (when l1 or l2 varies)
 
 Figures show test *error* (100 - accuracy), as the GroupNorm paper does, so small numbers are
 good and the small-batch collapse reads upwards.
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.image import AxesImage
 
 from normlab.atomic import write_atomic
 from normlab.norms import NORM_NAMES
@@ -57,19 +61,30 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _line_name(g: dict) -> str:
+    """The group's name without its batch size, the key of one line in the batch-size figure:
+    a line per variant and learning rate, never a zigzag through several learning rates. (The
+    stored `lr` cannot be the key: with lr_reference_batch it changes with the batch size.)"""
+    variant, _, middle = g["name"].partition("/")
+    rest = re.sub(r"^bs\d+-?", "", middle)
+    return f"{variant}/{rest}" if rest else variant
+
+
 def batch_size_figure(summary: dict, path: Path) -> Path:
-    """Test error vs batch size per variant: mean line, 95% band over seeds, seed dots."""
+    """Test error vs batch size, a line per variant and learning rate: mean, 95% band over
+    seeds, seed dots."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    by_variant: dict[str, list[dict]] = {}
+    by_line: dict[str, list[dict]] = {}
     for g in summary["variants"]:
         if "final_test_acc" in g:
-            by_variant.setdefault(g["variant"], []).append(g)
+            by_line.setdefault(_line_name(g), []).append(g)
     sizes = sorted({g["batch_size"] for g in summary["variants"]})
-    for name, groups in by_variant.items():
+    for line_name, groups in by_line.items():
         groups.sort(key=lambda g: g["batch_size"])
         xs = [g["batch_size"] for g in groups]
-        norm = groups[0]["norm"]
+        norm, name = groups[0]["norm"], groups[0]["variant"]
         label = NORM_NAMES.get(norm, norm) + (name[len(norm) :] if name != norm else "")
+        label += f" {line_name.partition('/')[2]}" if "/" in line_name else ""
         (line,) = ax.plot(xs, [error(g["final_test_acc"]) for g in groups], "o-", label=label)
         banded = [g for g in groups if "final_test_acc_ci95" in g]
         if banded:
@@ -99,53 +114,92 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def heatmap_figure(summary: dict, path: Path) -> Path:
-    """Mean test error over the l1 x l2 grid, one panel per norm, each cell annotated."""
-    norms: dict[str, dict[tuple[float, float], dict]] = {}
+MAX_PANELS = 24  # beyond this a heatmap's cells are too small to read their numbers
+
+Panels = dict[tuple[str, int, float], dict[tuple[float, float], dict]]
+
+
+def heatmap_panels(summary: dict) -> Panels:
+    """Cells keyed by (l1, l2) in a panel per (norm, batch size, learning rate): groups that
+    differ in anything but l1 and l2 must never overwrite one another's cell."""
+    panels: Panels = {}
     for g in summary["variants"]:
         if "final_test_acc" in g:
-            norms.setdefault(g["norm"], {})[(g["l1"], g["l2"])] = g
+            panels.setdefault((g["norm"], g["batch_size"], g["lr"]), {})[(g["l1"], g["l2"])] = g
+    return panels
+
+
+def heatmap_figure(summary: dict, path: Path) -> Path:
+    """Mean test error over the l1 x l2 grid, each cell annotated: a column per norm and, when
+    the sweep also varies them, a row per batch size and learning rate."""
+    panels = heatmap_panels(summary)
+    norms = list(dict.fromkeys(k[0] for k in panels))
+    rows = sorted({k[1:] for k in panels})
     fig, axes = plt.subplots(
-        1, len(norms), figsize=(3.4 * len(norms), 3.2), squeeze=False, layout="constrained"
+        len(rows),
+        len(norms),
+        figsize=(3.4 * len(norms), 3.2 * len(rows)),
+        squeeze=False,
+        layout="constrained",
     )
-    values = [error(g["final_test_acc"]) for cells in norms.values() for g in cells.values()]
+    values = [error(g["final_test_acc"]) for cells in panels.values() for g in cells.values()]
     vmin, vmax = min(values), max(values)
-    for ax, (norm, cells) in zip(axes[0], norms.items(), strict=True):
-        l1s = sorted({k[0] for k in cells})
-        l2s = sorted({k[1] for k in cells})
-        grid = [
-            [error(cells[(a, b)]["final_test_acc"]) if (a, b) in cells else math.nan for b in l2s]
-            for a in l1s
-        ]
-        im = ax.imshow(grid, cmap="viridis_r", vmin=vmin, vmax=vmax, aspect="auto")
-        for i, a in enumerate(l1s):
-            for j, b in enumerate(l2s):
-                if (a, b) in cells:
-                    std = cells[(a, b)].get("final_test_acc_std")
-                    text = f"{grid[i][j]:.2f}" + (f"\n±{std:.2f}" if std is not None else "")
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w")
-        ax.set_xticks(range(len(l2s)), [f"{b:g}" for b in l2s])
-        ax.set_yticks(range(len(l1s)), [f"{a:g}" for a in l1s])
-        ax.set_xlabel("l2 (weight decay)")
-        ax.set_ylabel("l1")
-        ax.set_title(NORM_NAMES.get(norm, norm))
-    fig.colorbar(im, ax=axes[0].tolist(), label="test error %")
+    for r, (bs, lr) in enumerate(rows):
+        for ax, norm in zip(axes[r], norms, strict=True):
+            cells = panels.get((norm, bs, lr))
+            if cells is None:
+                ax.axis("off")
+                continue
+            im = _heatmap_panel(ax, cells, vmin, vmax)
+            title = NORM_NAMES.get(norm, norm)
+            ax.set_title(title if len(rows) == 1 else f"{title}\nbatch {bs}, lr {lr:g}")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="test error %")
     return _save(fig, path)
 
 
+def _heatmap_panel(ax: plt.Axes, cells: dict, vmin: float, vmax: float) -> AxesImage:
+    """One panel: mean test error over l1 x l2, each cell annotated with its mean and std."""
+    l1s = sorted({k[0] for k in cells})
+    l2s = sorted({k[1] for k in cells})
+    grid = [
+        [error(cells[(a, b)]["final_test_acc"]) if (a, b) in cells else math.nan for b in l2s]
+        for a in l1s
+    ]
+    im = ax.imshow(grid, cmap="viridis_r", vmin=vmin, vmax=vmax, aspect="auto")
+    for i, a in enumerate(l1s):
+        for j, b in enumerate(l2s):
+            if (a, b) in cells:
+                std = cells[(a, b)].get("final_test_acc_std")
+                text = f"{grid[i][j]:.2f}" + (f"\n±{std:.2f}" if std is not None else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w")
+    ax.set_xticks(range(len(l2s)), [f"{b:g}" for b in l2s])
+    ax.set_yticks(range(len(l1s)), [f"{a:g}" for a in l1s])
+    ax.set_xlabel("l2 (weight decay)")
+    ax.set_ylabel("l1")
+    return im
+
+
 def write_sweep_report(out: Path) -> list[Path]:
-    """Write results.md and whichever figures the sweep's axes call for; returns the paths."""
+    """Write whichever figures the sweep's axes call for and results.md, with a note for a
+    figure the sweep is too large to show; returns the paths, results.md first."""
     out = Path(out)
     summary = read_json(out / "summary.json")
-    table = out / "results.md"
-    write_atomic(table, results_table(summary).encode())
-    written = [table]
+    figures, notes = [], []
     groups = [g for g in summary["variants"] if "final_test_acc" in g]
     if len({g["batch_size"] for g in groups}) > 1:
-        written.append(batch_size_figure(summary, out / "batch_size.png"))
-    per_norm: dict[str, set] = {}
-    for g in groups:
-        per_norm.setdefault(g["norm"], set()).add((g["l1"], g["l2"]))
-    if any(len(cells) > 1 for cells in per_norm.values()):
-        written.append(heatmap_figure(summary, out / "heatmap.png"))
-    return written
+        figures.append(batch_size_figure(summary, out / "batch_size.png"))
+    panels = heatmap_panels(summary)
+    if any(len(cells) > 1 for cells in panels.values()):
+        shape = len({k[0] for k in panels}) * len({k[1:] for k in panels})
+        if shape <= MAX_PANELS:
+            figures.append(heatmap_figure(summary, out / "heatmap.png"))
+        else:
+            notes.append(
+                f"heatmap.png not drawn: the l1 x l2 grid would need {shape} panels (norm x "
+                f"batch size x learning rate), more than {MAX_PANELS}; sweep the grid over fewer "
+                "batch sizes or learning rates to see it."
+            )
+    table = out / "results.md"
+    text = results_table(summary) + "".join(f"\n{note}\n" for note in notes)
+    write_atomic(table, text.encode())
+    return [table, *figures]
