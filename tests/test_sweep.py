@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
-from normlab.config import parse_variant
+from normlab import sweep_figures
+from normlab.config import RunSpec, TrainOptions, Variant, parse_variant
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
-from normlab.executors import LocalExecutor, PoolExecutor, make_executor
+from normlab.executors import (
+    Job,
+    LocalExecutor,
+    PoolExecutor,
+    RayExecutor,
+    available_cores,
+    make_executor,
+    ray_uses_gpu,
+)
+from normlab.progress import Reporter
 from normlab.results import read_json, read_metrics, read_predictions
 from normlab.stats import mean_ci
-from normlab.study import run_study
-from normlab.sweep import load_sweep, parse_sweep, presets
+from normlab.study import load_study_data, run_study
+from normlab.sweep import SweepConfig, load_sweep, parse_sweep, presets
 from normlab.sweep_figures import write_sweep_report
 
 TINY = {
@@ -107,6 +121,9 @@ def test_overrides_replace_file_values_and_grid(tmp_path: Path) -> None:
         ({"variants": ["gn"], "device": "tpu"}, "device 'tpu' unknown"),
         ({"variants": ["gn"], "dataset": 3}, "dataset must be a string"),
         ({"variants": ["gn"], "groups": 5}, "groups"),
+        ({"variants": ["gn"], "model": 3}, "model must be a string"),
+        ({"variants": ["gn"], "model": "16 Q"}, "bad architecture token 'Q'"),
+        ({"variants": ["gn"], "compile": "yes"}, "compile must be true or false"),
     ],
 )
 def test_bad_study_files_are_refused_clearly(raw: dict, message: str) -> None:
@@ -232,3 +249,190 @@ def test_tensorboard_events_read_back(tmp_path: Path, mnist_dir: Path) -> None:
     assert hp["variant"].string_value == "bn+l1"
     assert hp["batch_size"].number_value == 32
     assert math.isclose(hp["l1"].number_value, 1e-5)
+
+
+# --- run folders, executors' choices, imports ------------------------------------------------
+
+
+def test_study_file_chooses_the_network_and_compile() -> None:
+    config = parse_sweep({"name": "x", "variants": ["gn"], "model": "cifar", "compile": True})
+    assert config.train.model == "cifar" and config.train.compile is True
+    assert all(r.train.model == "cifar" for r in config.runs())
+
+
+def test_close_learning_rates_get_folders_of_their_own() -> None:
+    config = parse_sweep({"name": "x", "variants": ["gn"], "lr": [0.1, 0.1000001]})
+    assert [r.path for r in config.runs()] == ["gn/lr0.1/seed0", "gn/lr0.1000001/seed0"]
+    twice = SweepConfig("x", (parse_variant("gn"), parse_variant("gn")), (32,), (0.1,))
+    with pytest.raises(NormlabError, match="share the folder 'gn/seed0'"):
+        twice.runs()
+
+
+@pytest.mark.parametrize(
+    ("device", "cluster_gpus", "gpu"),
+    [
+        ("cpu", 0, False),
+        ("cpu", 4, False),
+        ("auto", 0, False),
+        ("auto", 2, True),
+        ("cuda", 1, True),
+    ],
+)
+def test_ray_takes_gpus_only_for_auto_or_cuda(device: str, cluster_gpus: int, gpu: bool) -> None:
+    assert ray_uses_gpu(device, cluster_gpus) is gpu
+
+
+def test_ray_refuses_cuda_on_a_cluster_without_gpus() -> None:
+    with pytest.raises(NormlabError, match="cluster has no GPU"):
+        ray_uses_gpu("cuda", 0)
+
+
+def test_executor_threads_and_cpus_per_run() -> None:
+    assert PoolExecutor(2).threads == max(1, available_cores() // 2)
+    assert PoolExecutor(1, 3).threads == 3
+    ray = make_executor(1, "127.0.0.1:1", cpus_per_run=4)
+    assert isinstance(ray, RayExecutor) and ray.cpus == 4
+    with pytest.raises(NormlabError, match="--cpus-per-run is for Ray"):
+        make_executor(2, cpus_per_run=2)
+    with pytest.raises(NormlabError, match="--cpus-per-run must be a positive integer"):
+        make_executor(1, "127.0.0.1:1", cpus_per_run=0)
+
+
+def test_executors_do_not_import_the_study() -> None:
+    code = "import sys, normlab.executors; sys.exit('normlab.study' in sys.modules)"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+# --- sweep figures ----------------------------------------------------------------------------
+
+
+def group(norm: str, l1: float, l2: float, bs: int, lr: float, acc: float) -> dict:
+    """A summary group as results.summarize writes it, named as sweep.py names folders."""
+    variant = Variant(norm, l1, l2).name
+    return {
+        "name": f"{variant}/bs{bs}-lr{lr:g}",
+        "variant": variant,
+        "norm": norm,
+        "l1": l1,
+        "l2": l2,
+        "batch_size": bs,
+        "lr": lr,
+        "final_test_acc": acc,
+        "seeds": [{"final_test_acc": acc}],
+        "status": "finished",
+    }
+
+
+def grid_summary(out: Path) -> dict:
+    """bn over l1 x l2 (2 x 2), swept over two batch sizes and two learning rates."""
+    groups = [
+        group("bn", l1, l2, bs, lr, 90 + l1 * 1000 + l2 * 100 + bs / 100 + lr)
+        for l1 in (0.0, 1e-3)
+        for l2 in (0.0, 1e-3)
+        for bs in (16, 64)
+        for lr in (0.1, 0.2)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"variants": groups}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+def captured_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, plt.Figure]:
+    """Keep each figure the report draws, by file name, instead of only its PNG."""
+    figures: dict[str, plt.Figure] = {}
+    save = sweep_figures._save
+
+    def keep(fig: plt.Figure, path: Path) -> Path:
+        figures[path.name] = fig
+        fig.canvas.draw()
+        return save(fig, path)
+
+    monkeypatch.setattr(sweep_figures, "_save", keep)
+    return figures
+
+
+def test_sweep_figures_keep_every_batch_size_and_lr_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = grid_summary(tmp_path)
+    figures = captured_figures(monkeypatch)
+    written = write_sweep_report(tmp_path)
+    assert [p.name for p in written] == ["results.md", "batch_size.png", "heatmap.png"]
+
+    # A line per (variant, lr), each through both batch sizes in order: 4 variants x 2 lrs.
+    (ax,) = figures["batch_size.png"].axes
+    lines = ax.get_lines()
+    assert len(lines) == 8
+    assert all(list(line.get_xdata()) == [16, 64] for line in lines)
+    labels = {line.get_label() for line in lines}
+    assert len(labels) == 8 and any(label.endswith("lr0.2") for label in labels)
+
+    # A heatmap panel per (norm, batch size, lr), each with all four cells and its own values.
+    panels = [a for a in figures["heatmap.png"].axes if a.get_images()]
+    assert len(panels) == 4
+    shown = {
+        (bs, lr): a.get_images()[0].get_array()
+        for a, (bs, lr) in zip(panels, [(16, 0.1), (16, 0.2), (64, 0.1), (64, 0.2)], strict=True)
+    }
+    for (bs, lr), cells in shown.items():
+        want = [
+            [100 - g["final_test_acc"] for g in summary["variants"] if g["l1"] == l1
+             and g["batch_size"] == bs and g["lr"] == lr]
+            for l1 in (0.0, 1e-3)
+        ]  # fmt: skip
+        np.testing.assert_allclose(np.asarray(cells), want)
+
+
+def test_a_heatmap_too_large_to_read_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid_summary(tmp_path)
+    monkeypatch.setattr(sweep_figures, "MAX_PANELS", 3)
+    written = write_sweep_report(tmp_path)
+    assert [p.name for p in written] == ["results.md", "batch_size.png"]
+    assert (
+        "heatmap.png not drawn: the l1 x l2 grid would need 4 panels"
+        in (tmp_path / "results.md").read_text()
+    )
+
+
+# --- a failing run in a pool ------------------------------------------------------------------
+
+
+class Recorder(Reporter):
+    """Keeps the reporter calls as (hook, run path) pairs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
+        self.calls.append(("started", run.path))
+
+    def epoch_done(self, run: RunSpec, metrics: object) -> None:
+        self.calls.append(("epoch", run.path))
+
+
+@pytest.mark.slow
+def test_pool_writes_the_other_runs_when_one_fails(mnist_dir: Path) -> None:
+    config = parse_sweep(tiny(mnist_dir, variants=["gn", "ln"], epochs=1, limit_train=64))
+    data = load_study_data(config, torch.device("cpu"))
+    good = config.runs()
+    # Five poolings take 28 pixels to 0: the forward pass raises inside the worker.
+    broken = TrainOptions(**{**dataclasses.asdict(good[0].train), "model": "8 M M M M M"})
+    bad = RunSpec(good[0].variant, 0, broken, "broken/seed0")
+    jobs = [Job(good[0]), Job(bad), Job(good[1])]
+    written: list[str] = []
+    reporter = Recorder()
+    with pytest.raises(NormlabError) as info:
+        PoolExecutor(2, 1).execute(
+            jobs, data, "cpu", reporter, lambda job, result: written.append(job.run.path)
+        )
+    message = str(info.value)
+    assert message.startswith("1 of 3 run(s) failed (broken/seed0: RuntimeError: ")
+    assert "\n" not in message and "Traceback" not in message
+    assert sorted(written) == ["gn/seed0", "ln/seed0"]
+    for path in written:
+        assert reporter.calls.count(("started", path)) == 1
+        assert reporter.calls.count(("epoch", path)) == 1
