@@ -32,8 +32,8 @@ import torch
 from normlab.atomic import write_atomic
 from normlab.config import RunSpec
 from normlab.errors import NormlabError
+from normlab.records import EpochMetrics, RunResult
 from normlab.stats import mean_ci
-from normlab.train import EpochMetrics, RunResult
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
 
@@ -136,8 +136,10 @@ def run_summary(d: Path) -> dict:
         "seconds": round(sum(r["seconds"] for r in rows), 2),
     }
     if info["status"] == "diverged":
+        # Its accuracies stop at the last good epoch: not a final result, so none is given
+        # (a mean over seeds, an interval or a sweep table would take it for one).
         entry["diverged_epoch"] = info["diverged_epoch"]
-    if rows:
+    elif rows:
         best = max(rows, key=lambda r: r["test_acc"])
         entry.update(
             final_test_acc=rows[-1]["test_acc"],
@@ -151,7 +153,8 @@ def run_summary(d: Path) -> dict:
 def summarize(out: Path, runs: list[RunSpec]) -> dict:
     """summary.json: one entry per group of seeds (a variant, in a sweep a variant with its
     batch size and learning rate) with the mean over seeds of each figure, the per-seed values,
-    and for accuracies with more than one seed the standard deviation and a 95% interval."""
+    and for accuracies with more than one seed the standard deviation and a 95% interval.
+    Diverged seeds have no accuracy to average (see `run_summary`), so they are left out."""
     groups: dict[str, list[RunSpec]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,33 +30,7 @@ from normlab.config import TrainOptions, Variant
 from normlab.data import Dataset, Split, batches, steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.models import Net, choose_arch, count_params
-
-
-@dataclass
-class EpochMetrics:
-    """One row of metrics.csv. Accuracies in percent, losses averaged over the samples."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    lr: float
-    seconds: float
-
-
-@dataclass
-class RunResult:
-    """Everything a run leaves behind: what the results store writes and the report reads."""
-
-    variant: Variant
-    seed: int
-    params: int
-    metrics: list[EpochMetrics]
-    state_dict: dict[str, torch.Tensor]
-    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
-    status: str = "finished"  # or "diverged"
-    diverged_epoch: int | None = None
+from normlab.records import EpochMetrics, RunResult
 
 
 def resolve_device(name: str) -> torch.device:
