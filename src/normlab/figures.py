@@ -4,12 +4,13 @@ Reads only the study folder (through `results.py`), so `normlab report OUT` redr
 of any finished or partial study without a model in memory. Each figure is made to be read by
 someone who never saw the code: the title names dataset, epochs, seeds and data size; the legend
 gives every variant's final value; each variant's best epoch is marked; accuracy axes are zoomed
-to where the curves differ (from 5 epochs on); several seeds draw the mean with a min-max band.
+to where the curves differ (from 5 epochs on); several seeds draw the mean with a min-max band;
+a variant whose every seed diverged is dashed, and any divergence is named in the legend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -34,17 +35,54 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 
 @dataclass(frozen=True)
 class StoredVariant:
-    """One variant's stored runs: metrics as arrays (seeds x epochs, nan where a run stopped)."""
+    """One group of seeds' stored runs (a variant; in a sweep, a variant at one batch size and
+    learning rate): metrics as arrays (seeds x epochs, nan where a run stopped), and for each
+    seed whether it finished or diverged, since a diverged run's last row is not a result."""
 
     name: str
     norm: str
     params: int
     seeds: list[int]
     metrics: dict[str, np.ndarray]
+    status: list[str]  # per seed: "finished" or "diverged"
+    diverged_epoch: list[int | None]  # per seed: the epoch whose loss was not finite
+    batch_size: int | None = None
+    lr: float | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name} ({NORM_NAMES.get(self.norm, self.norm)})"
+
+    @property
+    def diverged(self) -> bool:
+        """Whether no seed finished: nothing of this variant can be ranked."""
+        return "finished" not in self.status
+
+    def divergence(self) -> str:
+        """`diverged at epoch 3`, or `seed 1 diverged at epoch 3` when other seeds finished;
+        empty when every seed finished."""
+        gone = [
+            (s, e)
+            for s, st, e in zip(self.seeds, self.status, self.diverged_epoch, strict=True)
+            if st == "diverged"
+        ]
+        if not gone:
+            return ""
+        if len(self.seeds) == 1:
+            return f"diverged at epoch {gone[0][1]}"
+        return ", ".join(f"seed {s} diverged at epoch {e}" for s, e in gone)
+
+    def finished(self) -> StoredVariant:
+        """The same variant with its finished seeds only: what means, intervals and paired
+        tests are computed from."""
+        keep = [i for i, st in enumerate(self.status) if st == "finished"]
+        return replace(
+            self,
+            seeds=[self.seeds[i] for i in keep],
+            metrics={k: v[keep] for k, v in self.metrics.items()},
+            status=["finished"] * len(keep),
+            diverged_epoch=[None] * len(keep),
+        )
 
     def mean(self, column: str) -> np.ndarray:
         """Mean over seeds per epoch (over the seeds that reached the epoch)."""
@@ -59,7 +97,6 @@ class StoredStudy:
 
     out: Path
     study: dict
-    summary: dict
     variants: list[StoredVariant]
 
     @property
@@ -80,15 +117,24 @@ class StoredStudy:
         seeds = self.seed_count
         size = ""
         if "train_size" in data:
-            size = f", {data['train_size']:,} train / {data['test_size']:,} test images"
+            size = f", {thousands(data['train_size'])} train / {thousands(data.get('test_size'))}"
+            size += " test images"
         return (
             f"{self.config['dataset'].upper()}, {self.epochs} epochs, "
             f"{seeds} seed{'s' if seeds != 1 else ''}{size}"
         )
 
 
+def thousands(value: object) -> str:
+    """`60,000` for an int, `?` when missing: study.json may lack its data block (an old or
+    hand-written study), and `format(None, ",")` would crash the whole report."""
+    if value is None:
+        return "?"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def read_study(out: Path) -> StoredStudy:
-    """Read study.json, summary.json and every finished run's metrics."""
+    """Read study.json, summary.json and every finished or diverged run's metrics."""
     out = Path(out)
     study = read_json(out / "study.json")
     summary = read_json(out / "summary.json")
@@ -104,13 +150,23 @@ def read_study(out: Path) -> StoredStudy:
                 grid[i, : len(run)] = [r[column] for r in run]
             metrics[column] = grid
         variants.append(
-            StoredVariant(entry["name"], entry["norm"], entry["params"], seeds, metrics)
+            StoredVariant(
+                entry["name"],
+                entry["norm"],
+                entry["params"],
+                seeds,
+                metrics,
+                [s.get("status", "finished") for s in entry["seeds"]],
+                [s.get("diverged_epoch") for s in entry["seeds"]],
+                entry.get("batch_size"),
+                entry.get("lr"),
+            )
         )
     if not any(v.metrics["epoch"].size for v in variants):
         raise NormlabError(
             f"{out} holds no finished epoch yet; run `normlab run --out {out}` first"
         )
-    return StoredStudy(out, study, summary, variants)
+    return StoredStudy(out, study, variants)
 
 
 def pyplot() -> ModuleType:
@@ -176,8 +232,14 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
         unit = "%" if is_acc else ""
         fmt = ".2f" if is_acc else ".4f"
         spread = ""
-        if values.shape[0] > 1:
+        if np.sum(~np.isnan(values[:, last])) > 1:  # one seed at the last epoch has no spread
             spread = f" ± {np.nanstd(values[:, last], ddof=1):{fmt}}"
+        gone = v.divergence()
+        if v.diverged:
+            head = f"{v.label}: {gone}, last good epoch {mean[last]:{fmt}}{unit}"
+        else:
+            head = f"{v.label}: final {mean[last]:{fmt}}{spread}{unit}"
+            head += f" ({gone}; not in the final)" if gone else ""
         ax.plot(
             epochs,
             mean,
@@ -185,10 +247,8 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
             lw=2,
             marker="o",
             ms=3,
-            label=(
-                f"{v.label}: final {mean[last]:{fmt}}{spread}{unit}, "
-                f"best {mean[best]:{fmt}}{unit} at epoch {best + 1}"
-            ),
+            ls="--" if v.diverged else "-",
+            label=f"{head}, best {mean[best]:{fmt}}{unit} at epoch {best + 1}",
         )
         ax.plot(
             best + 1, mean[best], marker="*", ms=16, color=color, mec="black", mew=0.8, zorder=5
