@@ -16,6 +16,9 @@ def main(out: Path) -> None:
     print("| variant | params | final test acc % | last 3 epochs % | best % (epoch) | s / epoch |")
     print("|---|---:|---:|---:|---:|---:|")
     for v in summary["variants"]:
+        if "final_test_acc" not in v:  # every seed diverged: no final result to show
+            print(f"| {v['name']} | {v['params']:,} | diverged | - | - | - |")
+            continue
         rows = read_metrics(run_dir(out, v["name"], 0))
         last3 = " / ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
         per_epoch = sum(r["seconds"] for r in rows) / len(rows)

@@ -278,3 +278,119 @@ def test_notebook_runs_on_a_tiny_configuration(mnist_dir: Path, tmp_path: Path) 
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 4 + 3 + 1  # curves, three galleries, the axes figure
     assert (tmp_path / "nb" / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# diverged runs, written through the results API (no training needed)
+
+# test accuracy per epoch of each run; a diverged run stops before its diverged epoch
+RUNS = {
+    ("bn", 0): ([40.0, 45.0], 3),
+    ("bn", 1): ([41.0], 2),
+    ("gn", 0): ([55.0, 65.0, 72.0], None),
+    ("gn", 1): ([90.0], 2),  # high, so that counting its last good epoch would change the ranking
+    ("ln", 0): ([50.0, 60.0, 68.0], None),
+    ("ln", 1): ([52.0, 61.0, 69.0], None),
+}
+
+
+def write_diverged_study(out: Path) -> None:
+    """Three variants x two seeds over 3 epochs: every bn seed diverged, gn's seed 1 diverged,
+    ln finished. study.json has no data block, as in an old or hand-written study."""
+    from normlab.config import StudyConfig, TrainOptions, parse_variant
+    from normlab.records import EpochMetrics, RunResult
+    from normlab.results import summarize, write_json, write_run
+
+    config = StudyConfig(
+        data_dir=out / "nowhere",
+        variants=tuple(parse_variant(v) for v in ("bn", "gn", "ln")),
+        seeds=2,
+        train=TrainOptions(epochs=3),
+    )
+    target = torch.arange(20, dtype=torch.int16) % 10
+    for run in config.runs():
+        accs, diverged = RUNS[(run.variant.name, run.seed)]
+        metrics = [
+            EpochMetrics(e, 1.0 / e, acc - 1, 0.5 / e, acc, 0.1, 1.0)
+            for e, acc in enumerate(accs, 1)
+        ]
+        pred = target.clone()
+        pred[:5] = (pred[:5] + 1) % 10
+        predictions = {} if diverged else {"pred": pred, "conf": torch.rand(20), "target": target}
+        status = "diverged" if diverged else "finished"
+        result = RunResult(run.variant, run.seed, 1234, metrics, {}, predictions, status, diverged)
+        write_run(out, run, result)
+    write_json(out / "study.json", {"config": config.to_dict(), "created": "now"})
+    write_json(out / "summary.json", summarize(out, config.runs()))
+
+
+def test_report_marks_diverged_runs_and_leaves_them_out(tmp_path: Path) -> None:
+    import matplotlib
+
+    from normlab.report import write_report
+
+    out = tmp_path / "study"
+    write_diverged_study(out)
+    assert not (out / "bn" / "seed0" / "predictions.npz").exists()
+    assert not (out / "bn" / "seed0" / "model.pt").exists()
+    matplotlib.rcParams["svg.fonttype"] = "none"  # legends as text in the SVG, to read them
+    try:
+        write_report(out)
+    finally:
+        matplotlib.rcParams["svg.fonttype"] = "path"
+    md = (out / "report.md").read_text()
+    # gn is ranked on its finished seed alone (72), not with seed 1's last good epoch (90)
+    assert "Ranking by final test accuracy: gn 72.00% > ln 68.50% (" in md
+    assert "not ranked: bn." in md
+    assert "bn seed 0 diverged at epoch 3, seed 1 diverged at epoch 2" in md
+    assert "gn seed 1 diverged at epoch 2" in md
+    assert "left out of every mean, interval and paired test" in md
+    assert re.search(r"^\| - \| bn \(BatchNorm\) \| 1,234 \| seed 0 diverged at epoch 3", md, re.M)
+    assert "| 1 | gn (GroupNorm); seed 1 diverged at epoch 2 |" in md
+    assert " vs bn" not in md and "bn vs " not in md
+    # CIFAR-like accuracies: relative convergence only, no 99% column or sentence
+    assert "gn at epoch 3, ln at epoch 3" in md
+    assert "≥ 99" not in md and "above 99" not in md
+    assert "? train / ? test images" in md
+    assert "no gallery: bn (seed 0 diverged at epoch 3, seed 1 diverged at epoch 2)" in md
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert "confusion_gn.png" in figures and "confusion_bn.png" not in figures
+    svg = (out / "figures" / "test_accuracy.svg").read_text()
+    assert "bn (BatchNorm): seed 0 diverged at epoch 3, seed 1 diverged at epoch 2" in svg
+    assert "gn (GroupNorm): final 72.00% (seed 1 diverged at epoch 2; not drawn)" in svg
+    assert "ln (LayerNorm): final 68.50 ± 0.71%" in svg and "nan" not in svg
+
+
+def test_summary_gives_a_diverged_seed_no_final_accuracy(tmp_path: Path) -> None:
+    import json
+
+    write_diverged_study(tmp_path)
+    groups = {g["name"]: g for g in json.loads((tmp_path / "summary.json").read_text())["variants"]}
+    assert "final_test_acc" not in groups["bn"] and groups["bn"]["status"] == "diverged"
+    assert groups["gn"]["final_test_acc"] == 72.0 and "final_test_acc_ci95" not in groups["gn"]
+    assert groups["ln"]["final_test_acc"] == 68.5
+
+
+def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
+    from normlab.figures import read_study
+    from normlab.report import run_blocks
+
+    sweep = REPO / "docs" / "results" / "batch-size"
+    if not (sweep / "summary.json").exists():
+        pytest.skip("the committed batch-size sweep is not in this checkout")
+    table = run_blocks(read_study(sweep))[0]
+    optimizer = dict(table.rows)["optimizer"]
+    assert "batch size at peak lr: 2 at 0.00625, 4 at 0.0125" in optimizer
+    assert "128" not in optimizer  # the SweepConfig default, which no run used
+
+
+def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:
+    from normlab.config import StudyConfig, parse_variant
+    from normlab.results import summarize
+    from normlab.sweep_figures import results_table
+
+    write_diverged_study(tmp_path)
+    runs = StudyConfig(variants=tuple(map(parse_variant, ("bn", "gn"))), seeds=2).runs()
+    table = results_table(summarize(tmp_path, runs))
+    assert "| bn | 2 | - | - | - | diverged (seed 0 at epoch 3, seed 1 at epoch 2) |" in table
+    assert "| gn | 2 | 28.00 | - | one seed | diverged (seed 1 at epoch 2) |" in table

@@ -5,11 +5,13 @@ of any finished or partial study without a model in memory. Each figure is made 
 someone who never saw the code: the title names dataset, epochs, seeds and data size; the legend
 gives every variant's final value; each variant's best epoch is marked; accuracy axes are zoomed
 to where the curves differ (from 5 epochs on); several seeds draw the mean with a min-max band;
-a variant whose every seed diverged is dashed, and any divergence is named in the legend.
+a variant whose every seed diverged is dashed, other diverged seeds are left out of the curves,
+and every divergence is named in the legend.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from normlab.atomic import write_atomic
 from normlab.errors import NormlabError
 from normlab.norms import NORM_NAMES
 from normlab.results import read_json, read_metrics, run_dir
@@ -181,11 +184,13 @@ def pyplot() -> ModuleType:
 
 
 def save_figure(fig: Figure, path: Path) -> list[Path]:
-    """`path` as PNG (for the report and README) and SVG (for print); closes the figure."""
+    """`path` as PNG (for the report and README) and SVG (for print); closes the figure.
+    Each file is written atomically, like everything else in a study folder."""
     paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    path.parent.mkdir(parents=True, exist_ok=True)
     for p in paths:
-        fig.savefig(p, dpi=120)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=p.suffix[1:], dpi=120)
+        write_atomic(p, buf.getvalue())
     pyplot().close(fig)
     return paths
 
@@ -214,8 +219,12 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
     is_acc = column.endswith("acc")
     fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
     means = []
-    for i, v in enumerate(study.variants):
+    for i, stored in enumerate(study.variants):
         color = COLORS[i % len(COLORS)]
+        # Diverged seeds are drawn only for a variant that has nothing else, so that the curve,
+        # its best epoch and the report's table are computed from the same seeds.
+        v = stored if stored.diverged else stored.finished()
+        gone = stored.divergence()
         values = v.metrics[column]
         epochs = np.arange(1, values.shape[1] + 1)
         mean = v.mean(column)
@@ -234,12 +243,11 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
         spread = ""
         if np.sum(~np.isnan(values[:, last])) > 1:  # one seed at the last epoch has no spread
             spread = f" ± {np.nanstd(values[:, last], ddof=1):{fmt}}"
-        gone = v.divergence()
         if v.diverged:
             head = f"{v.label}: {gone}, last good epoch {mean[last]:{fmt}}{unit}"
         else:
             head = f"{v.label}: final {mean[last]:{fmt}}{spread}{unit}"
-            head += f" ({gone}; not in the final)" if gone else ""
+            head += f" ({gone}; not drawn)" if gone else ""
         ax.plot(
             epochs,
             mean,

@@ -7,26 +7,27 @@
     heatmap.png     mean test error over l1 x l2, a panel per norm, batch size and learning
                     rate (when l1 or l2 varies)
 
+Each figure is also written as SVG beside the PNG (by figures.save_figure, as the report's are).
+
 Figures show test *error* (100 - accuracy), as the GroupNorm paper does, so small numbers are
 good and the small-batch collapse reads upwards.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.image import AxesImage
+from typing import TYPE_CHECKING
 
 from normlab.atomic import write_atomic
+from normlab.figures import pyplot, save_figure
 from normlab.norms import NORM_NAMES
 from normlab.results import read_json
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.image import AxesImage
 
 
 def error(acc: float) -> float:
@@ -34,31 +35,38 @@ def error(acc: float) -> float:
     return 100.0 - acc
 
 
+def _diverged(group: dict) -> str:
+    """`seed 0 at epoch 3, seed 1 at epoch 2`: the group's diverged seeds, empty if none."""
+    return ", ".join(
+        f"seed {s['seed']} at epoch {s['diverged_epoch']}"
+        for s in group["seeds"]
+        if s.get("status") == "diverged"
+    )
+
+
 def results_table(summary: dict) -> str:
-    """Markdown table, one row per group; the interval is (nan) with a single seed."""
+    """Markdown table, one row per group; the interval is (nan) with a single seed. Diverged
+    seeds are named in the status column and left out of the error (they have no final one);
+    a group whose every seed diverged has a row with no error."""
     lines = [
         "| run group | seeds | test error % (mean) | std | 95% interval | status |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for g in summary["variants"]:
+        gone = _diverged(g)
+        status = f"{g['status']} ({gone})" if gone else g["status"]
         if "final_test_acc" not in g:
+            if gone:
+                lines.append(f"| {g['name']} | {len(g['seeds'])} | - | - | - | {status} |")
             continue
         std = g.get("final_test_acc_std")
         lo, hi = g.get("final_test_acc_ci95", (math.nan, math.nan))
         interval = f"{error(hi):.2f} to {error(lo):.2f}" if std is not None else "one seed"
         lines.append(
             f"| {g['name']} | {len(g['seeds'])} | {error(g['final_test_acc']):.2f} | "
-            f"{'-' if std is None else f'{std:.2f}'} | {interval} | {g['status']} |"
+            f"{'-' if std is None else f'{std:.2f}'} | {interval} | {status} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
 
 
 def _line_name(g: dict) -> str:
@@ -73,7 +81,7 @@ def _line_name(g: dict) -> str:
 def batch_size_figure(summary: dict, path: Path) -> Path:
     """Test error vs batch size, a line per variant and learning rate: mean, 95% band over
     seeds, seed dots."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), layout="constrained")
     by_line: dict[str, list[dict]] = {}
     for g in summary["variants"]:
         if "final_test_acc" in g:
@@ -111,7 +119,7 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
     ax.set_title("Test error vs batch size: mean, 95% interval over seeds (band), each seed")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)[0]
 
 
 MAX_PANELS = 24  # beyond this a heatmap's cells are too small to read their numbers
@@ -135,7 +143,7 @@ def heatmap_figure(summary: dict, path: Path) -> Path:
     panels = heatmap_panels(summary)
     norms = list(dict.fromkeys(k[0] for k in panels))
     rows = sorted({k[1:] for k in panels})
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         len(rows),
         len(norms),
         figsize=(3.4 * len(norms), 3.2 * len(rows)),
@@ -154,10 +162,10 @@ def heatmap_figure(summary: dict, path: Path) -> Path:
             title = NORM_NAMES.get(norm, norm)
             ax.set_title(title if len(rows) == 1 else f"{title}\nbatch {bs}, lr {lr:g}")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="test error %")
-    return _save(fig, path)
+    return save_figure(fig, path)[0]
 
 
-def _heatmap_panel(ax: plt.Axes, cells: dict, vmin: float, vmax: float) -> AxesImage:
+def _heatmap_panel(ax: Axes, cells: dict, vmin: float, vmax: float) -> AxesImage:
     """One panel: mean test error over l1 x l2, each cell annotated with its mean and std."""
     l1s = sorted({k[0] for k in cells})
     l2s = sorted({k[1] for k in cells})
