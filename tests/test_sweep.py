@@ -342,14 +342,14 @@ def grid_summary(out: Path) -> dict:
 def captured_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, plt.Figure]:
     """Keep each figure the report draws, by file name, instead of only its PNG."""
     figures: dict[str, plt.Figure] = {}
-    save = sweep_figures._save
+    save = sweep_figures.save_figure
 
-    def keep(fig: plt.Figure, path: Path) -> Path:
+    def keep(fig: plt.Figure, path: Path) -> list[Path]:
         figures[path.name] = fig
         fig.canvas.draw()
         return save(fig, path)
 
-    monkeypatch.setattr(sweep_figures, "_save", keep)
+    monkeypatch.setattr(sweep_figures, "save_figure", keep)
     return figures
 
 
