@@ -116,7 +116,9 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
     ax.minorticks_off()
     ax.set_xlabel("batch size (images per step)")
     ax.set_ylabel("test error % (final epoch)")
-    ax.set_title("Test error vs batch size\nline: mean over seeds; band: 95% interval; dots: each seed")
+    ax.set_title(
+        "Test error vs batch size\nline: mean over seeds; band: 95% interval; dots: each seed"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)[0]
