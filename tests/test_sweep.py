@@ -213,8 +213,16 @@ def test_sweep_writes_runs_aggregates_seeds_and_resumes(tmp_path: Path, mnist_di
 @pytest.mark.slow
 def test_pool_executor_matches_local(tmp_path: Path, mnist_dir: Path) -> None:
     config = parse_sweep(tiny(mnist_dir, variants=["bn", "ln"]))
-    run_study(config, tmp_path / "local")
-    run_study(config, tmp_path / "pool", executor=PoolExecutor(2))
+    pool = PoolExecutor(2)
+    # Identical numbers need identical reduction orders: the local run gets the thread count
+    # each pool worker gets (cores // workers), whatever machine the test runs on.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pool.threads)
+    try:
+        run_study(config, tmp_path / "local")
+    finally:
+        torch.set_num_threads(threads)
+    run_study(config, tmp_path / "pool", executor=pool)
     for run in config.runs():
         a, b = tmp_path / "local" / run.path, tmp_path / "pool" / run.path
         losses = [r["test_loss"] for r in read_metrics(a)]
