@@ -12,6 +12,7 @@ from normlab.config import TrainOptions, parse_variant
 from normlab.data import Dataset, Split
 from normlab.models import Net
 from normlab.train import (
+    CPU_EVAL_BATCH,
     add_l1_grad,
     build_model,
     conv_weights,
@@ -91,13 +92,14 @@ def test_predictions_keep_class_numbers_past_255() -> None:
     assert int(predictions["pred"].max()) < 300 and predictions["pred"].dtype == torch.int32
 
 
-def test_eval_batch_grows_on_a_gpu_only_from_the_default_and_within_256_mb() -> None:
+def test_eval_batch_default_is_per_device_and_a_set_size_is_kept() -> None:
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     default = TrainOptions().eval_batch_size
     assert eval_batch_size(cuda, default, (1, 28, 28)) == 10_000
     assert eval_batch_size(cuda, default, (3, 512, 512)) == 256 * 2**20 // (4 * 3 * 512 * 512)
     assert eval_batch_size(cuda, 500, (1, 28, 28)) == 500  # the user's size is kept
-    assert eval_batch_size(cpu, default, (1, 28, 28)) == default
+    assert eval_batch_size(cpu, default, (1, 28, 28)) == CPU_EVAL_BATCH
+    assert eval_batch_size(cpu, 500, (1, 28, 28)) == 500
 
 
 def test_build_model_draws_the_same_weights_and_leaves_the_global_rng_alone() -> None:

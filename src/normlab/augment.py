@@ -55,20 +55,27 @@ def parse_augment(text: str) -> tuple[str, ...]:
     return steps
 
 
+@functools.lru_cache(maxsize=16)
+def pixel_centres(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The centres of `n` pixels on [-1, 1] (align_corners=False), made once per size."""
+    return (torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1
+
+
 def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """`F.affine_grid(theta, [b, c, h, w], align_corners=False)`, written out.
 
     PyTorch builds that grid with a batched matmul of a (h*w, 3) base grid by the 3x2 matrices,
-    which on a CPU costs twice the `grid_sample` it feeds. Each coordinate plane is instead one
-    broadcast multiply-add over the pixel centres, written into the interleaved (x, y) grid in
-    place (`torch.stack` into a last dimension of 2 is itself slow on a CPU).
+    which on a CPU costs three times the `grid_sample` it feeds. Each coordinate plane is
+    instead a broadcast multiply-add over the pixel centres, whose last add writes straight
+    into the interleaved (x, y) grid (`torch.stack` into a last dimension of 2 is itself slow
+    on a CPU).
     """
-    xs = ((torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1).view(1, 1, w)
-    ys = ((torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    xs = pixel_centres(w, theta.device, theta.dtype).view(1, 1, w)
+    ys = pixel_centres(h, theta.device, theta.dtype).view(1, h, 1)
     grid = theta.new_empty(theta.shape[0], h, w, 2)
     for i in (0, 1):
         t = theta[:, i, :, None, None]  # (b, 3, 1, 1): each coefficient broadcasts over pixels
-        grid[..., i] = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+        torch.add(t[:, 0] * xs + t[:, 1] * ys, t[:, 2], out=grid[..., i])
     return grid
 
 
@@ -90,13 +97,8 @@ def random_affine(
     angle = u[:, 0] * math.radians(degrees)
     zoom = 1 + u[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin, u[:, 2] * translate * 2 / w], 1),
-            torch.stack([sin, cos, u[:, 3] * translate * 2 / h], 1),
-        ],
-        1,
-    )
+    shift_x, shift_y = u[:, 2] * translate * 2 / w, u[:, 3] * translate * 2 / h
+    theta = torch.stack([cos, -sin, shift_x, sin, cos, shift_y], 1).view(b, 2, 3)
     grid = affine_grid(theta, h, w)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -225,7 +225,7 @@ def run_bench(
     batch_size: int = 128,
     device: str = "auto",
     compile: bool = False,
-    repeats: int = 2,
+    repeats: int = 3,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> dict:
     """Benchmark every variant in `norms`; returns the JSON-ready result (see module docs).

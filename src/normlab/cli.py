@@ -332,7 +332,7 @@ def bench(
     compile: Annotated[bool, typer.Option(help="torch.compile normlab's model.")] = False,
     repeats: Annotated[
         int, typer.Option(help="Measure each figure this many times and keep the best.")
-    ] = 2,
+    ] = 3,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,

@@ -92,18 +92,23 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
 
 
 EVAL_INPUT_BYTES = 256 * 2**20  # the most float32 input one evaluation batch may take on a GPU
+CPU_EVAL_BATCH = 256  # the fastest test-pass batch on a CPU (measured; see eval_batch_size)
 
 
 def eval_batch_size(
     device: torch.device, batch_size: int, input_shape: tuple[int, int, int]
 ) -> int:
-    """The test pass's batch size. A GPU evaluates the whole MNIST test split in one launch,
-    so there the default grows to 10,000 images, but never past 256 MB of float input (large
-    images would run out of memory); a size the user set is kept, and a CPU gains nothing past
-    the configured size (cache-sized batches are fastest there). Predictions do not depend on
-    the batch size: evaluation uses BatchNorm's running statistics."""
-    if device.type != "cuda" or batch_size != TrainOptions.eval_batch_size:
+    """The test pass's batch size; a size the user set is kept, the default depends on the
+    device. A GPU evaluates the whole MNIST test split in one launch, so there the default
+    grows to 10,000 images, but never past 256 MB of float input (large images would run out
+    of memory). A CPU wants batches whose activations stay in cache: 256 images evaluate
+    about twice as fast as 1,000 on both built-in networks (2 threads, bf16; README, Speed).
+    Predictions do not depend on the batch size: evaluation uses BatchNorm's running
+    statistics."""
+    if batch_size != TrainOptions.eval_batch_size:
         return batch_size
+    if device.type != "cuda":
+        return CPU_EVAL_BATCH
     return max(1, min(10_000, EVAL_INPUT_BYTES // (4 * math.prod(input_shape))))
 
 
