@@ -23,17 +23,6 @@ from normlab.train import (
 )
 
 
-def subset(data: Dataset, n_train: int, n_test: int) -> Dataset:
-    return Dataset(
-        data.name,
-        data.train.head(n_train),
-        data.test.head(n_test),
-        data.classes,
-        data.mean,
-        data.std,
-    )
-
-
 def test_l1_penalty_is_lambda_times_sum_of_abs_of_every_conv_weight() -> None:
     torch.manual_seed(0)
     model = Net("bn")
@@ -117,7 +106,7 @@ def test_build_model_draws_the_same_weights_and_leaves_the_global_rng_alone() ->
 
 @pytest.mark.slow
 def test_one_epoch_on_2000_real_images_beats_90_percent(mnist: Dataset) -> None:
-    data = subset(mnist, 2000, 2000)
+    data = mnist.head(2000, 2000)
     result = train_run(
         parse_variant("bn"), 0, data, TrainOptions(epochs=1, batch_size=8), torch.device("cpu")
     )
@@ -127,7 +116,7 @@ def test_one_epoch_on_2000_real_images_beats_90_percent(mnist: Dataset) -> None:
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_metrics_on_cpu(mnist: Dataset) -> None:
-    data = subset(mnist, 512, 256)
+    data = mnist.head(512, 256)
     opts = TrainOptions(epochs=2, batch_size=64)
     runs = [train_run(parse_variant("gn+l1"), 7, data, opts, torch.device("cpu")) for _ in range(2)]
     strip = [

@@ -85,8 +85,7 @@ def bench_data(data: Dataset, limit_train: int) -> Dataset:
     """The first `limit_train` training images and the proportional head of the test split."""
     if limit_train < 2:
         raise NormlabError(f"--limit-train must be at least 2, got {limit_train}")
-    test = data.test.head(max(1, limit_train // TEST_FRACTION))
-    return Dataset(data.name, data.train.head(limit_train), test, data.classes, data.mean, data.std)
+    return data.head(limit_train, max(1, limit_train // TEST_FRACTION))
 
 
 def normlab_epoch(
@@ -102,10 +101,7 @@ def normlab_epoch(
     opt, sched = make_optimizer(model, variant, opts, steps)
     gen = torch.Generator(device=device).manual_seed(0)
     eval_bs = eval_batch_size(device, opts.eval_batch_size, data.input_shape)
-    warm = Dataset(
-        data.name, data.train.head(3 * opts.batch_size), data.test.head(opts.batch_size),
-        data.classes, data.mean, data.std,
-    )  # fmt: skip
+    warm = data.head(3 * opts.batch_size, opts.batch_size)
 
     def epoch(d: Dataset) -> None:
         train_epoch(net, d, variant, opt, sched, gen, opts, bf16, augment)

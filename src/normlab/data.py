@@ -9,7 +9,7 @@ training loop are what make typical implementations slow, so there are none.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,14 +60,12 @@ class Dataset:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(
-            self.name,
-            self.train.to(device),
-            self.test.to(device),
-            self.classes,
-            self.mean,
-            self.std,
-        )
+        return replace(self, train=self.train.to(device), test=self.test.to(device))
+
+    def head(self, train: int | None, test: int | None) -> Dataset:
+        """The first `train` training and `test` test images (all when None): the fixed,
+        reproducible subsets that --limit-train and --limit-test select."""
+        return replace(self, train=self.train.head(train), test=self.test.head(test))
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -147,15 +147,7 @@ def discard_study(out: Path, config: Plan, stored: dict | None) -> str | None:
 def load_study_data(config: Plan, device: torch.device) -> Dataset:
     """The dataset, cut to the configured limits, on the training device."""
     data = load_dataset(config.dataset, config.data_dir)
-    data = Dataset(
-        data.name,
-        data.train.head(config.limit_train),
-        data.test.head(config.limit_test),
-        data.classes,
-        data.mean,
-        data.std,
-    )
-    return data.to(device)
+    return data.head(config.limit_train, config.limit_test).to(device)
 
 
 def run_study(
