@@ -376,6 +376,9 @@ def test_sweep_figures_keep_every_batch_size_and_lr_apart(
     assert all(list(line.get_xdata()) == [16, 64] for line in lines)
     labels = {line.get_label() for line in lines}
     assert len(labels) == 8 and any(label.endswith("lr0.2") for label in labels)
+    # The error axis starts at 0 and ends just above the highest error, not at 100.
+    highest = max(100 - g["final_test_acc"] for g in summary["variants"])
+    assert ax.get_ylim()[0] == 0 and highest < ax.get_ylim()[1] <= 1.1 * highest + 1e-9
 
     # A heatmap panel per (norm, batch size, lr), each with all four cells and its own values.
     panels = [a for a in figures["heatmap.png"].axes if a.get_images()]

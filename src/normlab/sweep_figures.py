@@ -110,7 +110,9 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
             ax.scatter(
                 [g["batch_size"]] * len(seeds), seeds, s=9, color=line.get_color(), alpha=0.5
             )
-    ax.set_ylim(0, 100)
+    # From 0 (a perfect score) to just above the highest mark: a fixed 0-100 axis flattens a
+    # study whose errors are all a few percent into one line at the bottom.
+    ax.set_ylim(0, min(100.0, 1.1 * max(ax.dataLim.y1, 1.0)))
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
