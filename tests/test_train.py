@@ -81,7 +81,7 @@ def test_predictions_keep_class_numbers_past_255() -> None:
     assert int(predictions["pred"].max()) < 300 and predictions["pred"].dtype == torch.int32
 
 
-def test_eval_batch_default_is_per_device_and_a_set_size_is_kept() -> None:
+def test_eval_batch_default_is_per_device_and_another_size_is_kept() -> None:
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     default = TrainOptions().eval_batch_size
     assert eval_batch_size(cuda, default, (1, 28, 28)) == 10_000

@@ -57,8 +57,10 @@ def parse_augment(text: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=16)
 def pixel_centres(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The centres of `n` pixels on [-1, 1] (align_corners=False), made once per size."""
-    return (torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1
+    """The centres of `n` pixels on [-1, 1] (align_corners=False), made once per size (as
+    ordinary tensors even when first asked for under inference mode)."""
+    with torch.inference_mode(False):
+        return (torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1
 
 
 def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -68,7 +70,8 @@ def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     which on a CPU costs three times the `grid_sample` it feeds. Each coordinate plane is
     instead a broadcast multiply-add over the pixel centres, whose last add writes straight
     into the interleaved (x, y) grid (`torch.stack` into a last dimension of 2 is itself slow
-    on a CPU).
+    on a CPU). Unlike `F.affine_grid` it is not differentiable in `theta` (an `out=` write):
+    augmentation never needs that.
     """
     xs = pixel_centres(w, theta.device, theta.dtype).view(1, 1, w)
     ys = pixel_centres(h, theta.device, theta.dtype).view(1, h, 1)

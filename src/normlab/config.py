@@ -123,7 +123,7 @@ class TrainOptions:
     groups: int | None = None
     precision: str = "auto"
     augment: str = "auto"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # this default means by device (train.eval_batch_size)
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
 
