@@ -396,6 +396,22 @@ def test_sweep_figures_keep_every_batch_size_and_lr_apart(
         np.testing.assert_allclose(np.asarray(cells), want)
 
 
+def test_batch_size_axis_reaches_above_the_highest_band_and_stops_at_100(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error axis ends just above the highest mark, band included, and never past 100."""
+    for top_acc, want_top in ((96.0, 1.1 * 4.0), (1.0, 100.0)):
+        low, high = group("bn", 0, 0, 8, 0.1, 99.0), group("bn", 0, 0, 32, 0.1, 98.5)
+        low["final_test_acc_ci95"] = [top_acc, 99.5]  # an interval reaching far above the mean
+        out = tmp_path / str(top_acc)
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({"variants": [low, high]}))
+        figures = captured_figures(monkeypatch)
+        write_sweep_report(out)
+        (ax,) = figures["batch_size.png"].axes
+        assert ax.get_ylim() == pytest.approx((0.0, want_top))
+
+
 def test_a_heatmap_too_large_to_read_is_skipped_with_a_note(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
