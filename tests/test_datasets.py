@@ -270,6 +270,7 @@ def test_random_crop_shifts_within_the_padding() -> None:
     for b in range(2):
         windows = [x[b, :, i : i + 4, j : j + 4] for i in range(5) for j in range(5)]
         assert any(torch.equal(out[b, :, 2:6, 2:6], w) for w in windows)
+    assert not torch.equal(out, x)  # the zero shift is one of the windows: something moved
 
 
 def test_flip_mirrors_some_images_and_keeps_the_rest() -> None:

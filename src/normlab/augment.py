@@ -109,15 +109,15 @@ def random_affine(
 def random_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Shift each image by up to `pad` pixels in each direction: pad by reflection (borders of
     natural images continue their content, unlike a black frame) and crop back at a random
-    offset, by one gather over the batch."""
+    offset, by one `gather` over the flattened pixels (advanced indexing with four index
+    tensors is about 5x slower on a CPU)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     off = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device)
-    rows = (off[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-    cols = (off[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, chans, rows, cols]
+    rows = off[0].view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = off[1].view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    index = (rows * (w + 2 * pad) + cols).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -33,7 +33,7 @@ from normlab.config import (
     TrainOptions,
     parse_variants,
 )
-from normlab.data import INPUT_SHAPES
+from normlab.data import INPUT_SHAPES, folder_name
 from normlab.doc import Heading, Para, to_markdown
 from normlab.doc import Table as DocTable
 from normlab.errors import NormlabError
@@ -42,10 +42,10 @@ from normlab.explain import example_tensor, explain_blocks, parse_values
 from normlab.models import ARCHS, Net, check_network, choose_arch, count_params, layer_summary
 from normlab.norms import NORM_NAMES, NORMS
 from normlab.progress import Reporter
+from normlab.records import EpochMetrics
 from normlab.report import write_report
 from normlab.study import run_study
 from normlab.sweep import load_sweep, presets
-from normlab.train import EpochMetrics
 
 app = typer.Typer(
     help="normlab: the normalization study (BatchNorm, GroupNorm, LayerNorm), fast and "
@@ -217,8 +217,7 @@ def run(
     # Fail on a bad group count or model spec now, not after the data has loaded.
     norms, batch = (v.norm for v in config.variants), min(batch_size, limit_train or batch_size)
     check_network(model, INPUT_SHAPES.get(dataset), norms, groups, batch)
-    name = Path(dataset).name.removesuffix(".tar.gz").removesuffix(".tgz")
-    out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out or Path("runs") / f"{folder_name(Path(dataset))}-{time.strftime('%Y%m%d-%H%M%S')}"
     resuming = "resuming the " if not fresh and (out / "study.json").exists() else ""
     console.print(
         f"normlab: {resuming}study of {', '.join(v.name for v in config.variants)} on {dataset}, "

@@ -193,6 +193,12 @@ def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
     )
 
 
+def folder_name(path: Path) -> str:
+    """What a dataset path is called: its last part without `.tar.gz` / `.tgz` (a named
+    dataset such as `mnist` is its own name)."""
+    return path.name.removesuffix(".tar.gz").removesuffix(".tgz")
+
+
 def is_archive(path: Path) -> bool:
     """A `.tar.gz` / `.tgz` file: what `--dataset PATH` accepts besides a folder."""
     return path.is_file() and path.name.lower().endswith((".tar.gz", ".tgz"))

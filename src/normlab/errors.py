@@ -7,3 +7,10 @@ fix it); only the CLI turns it into one line on stderr and exit status 2.
 
 class NormlabError(Exception):
     """A problem with the user's input or environment, worded for the user."""
+
+
+def first_line(exc: BaseException, default: str) -> str:
+    """The first line of an exception's message (`default` when it has none): what a one-line
+    error can quote of a library's multi-line message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else default

@@ -14,7 +14,6 @@ same command redoes only the failed runs.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ import torch
 
 from normlab.config import RunSpec
 from normlab.data import Dataset, steps_per_epoch
-from normlab.errors import NormlabError
+from normlab.errors import NormlabError, first_line
 from normlab.progress import Reporter
-from normlab.train import RunResult, load_checkpoint, resolve_device, train_run
+from normlab.records import RunResult
+from normlab.train import available_cores, load_checkpoint, resolve_device, train_run
 
 OnDone = Callable[["Job", RunResult], None]
 
@@ -46,16 +46,10 @@ class Job:
         return len(load_checkpoint(self.checkpoint)["metrics"])
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its affinity, not the machine's count)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores or 1
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its type and the first line of its message, no traceback."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    line = first_line(exc, "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 class Executor:

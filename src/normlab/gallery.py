@@ -46,8 +46,8 @@ def plot_mistakes(
     """A 2 x 5 grid of the most confident mistakes; each tile names the true class, the
     predicted class and the confidence. `images` is the test split, uint8 (N, C, H, W)."""
     plt = pyplot()
-    # Class indices as plain ints whatever the stored dtype (uint8 once, int16 now): they index
-    # `classes`, and uint8 arithmetic would wrap.
+    # Class indices as plain ints whatever the stored dtype (int32 now, uint8 in older study
+    # folders): they index `classes`.
     pred, target = predictions["pred"].astype(int), predictions["target"].astype(int)
     conf = predictions["conf"]
     if len(images) != len(target):

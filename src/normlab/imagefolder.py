@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from normlab.atomic import write_atomic
-from normlab.data import Dataset, Split, channel_stats, is_archive
-from normlab.errors import NormlabError
+from normlab.data import Dataset, Split, channel_stats, folder_name, is_archive
+from normlab.errors import NormlabError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 2  # bump when the cache layout or the decoding changes
@@ -130,7 +130,7 @@ def decode(path: Path) -> torch.Tensor:
             array = np.asarray(im.convert("L" if im.mode in GRAY_MODES else "RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise NormlabError(
-            f"cannot read image {path} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+            f"cannot read image {path} ({first_line(exc, type(exc).__name__)}); "
             "replace or delete it"
         ) from None
     image = torch.from_numpy(array.copy())
@@ -228,7 +228,11 @@ def load_image_folder(path: Path, data_dir: Path) -> Dataset:
         Split(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"]))
         for s in ("train", "test")
     ]
-    name = path.resolve().name.removesuffix(".tar.gz").removesuffix(".tgz")
     return Dataset(
-        name, splits[0], splits[1], stats["classes"], tuple(stats["mean"]), tuple(stats["std"])
+        folder_name(path.resolve()),
+        splits[0],
+        splits[1],
+        stats["classes"],
+        tuple(stats["mean"]),
+        tuple(stats["std"]),
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from normlab.errors import NormlabError
+from normlab.errors import NormlabError, first_line
 from normlab.norms import make_norm
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
@@ -79,14 +79,16 @@ class MaxPool2d(nn.MaxPool2d):
     PyTorch's CPU max-pool kernel always computes the argmax indices, and on contiguous input
     it is slow enough to take half of an evaluation pass; the maximum of the views gives
     exactly the same values (NaN included) in a fraction of the time. With autograd on, the
-    native kernel runs, so training's gradients (ties go to the first maximum) are unchanged.
+    native kernel runs, so training's gradients (ties go to the first maximum) are unchanged;
+    so does a map smaller than 2x2, where it raises as it does in training.
     """
 
     def __init__(self) -> None:
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+        tiny = x.shape[-2] < 2 or x.shape[-1] < 2
+        if tiny or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
             return super().forward(x)
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # floor, as max_pool2d
         rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
@@ -194,22 +196,16 @@ def check_network(
             net = Net(norm, input_shape[0], groups=groups, arch=arch)
             try:
                 rows = layer_summary(net, input_shape)
-            except RuntimeError as exc:  # e.g. a 3x3 valid convolution on a 1x1 map
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-            else:
-                # The test-pass max-pool returns an empty map where training's would raise.
-                empty = [r for r in rows if 0 in r.out_shape]
-                single = [r for r in rows if r.kind == "BatchNorm2d" and r.out_shape[1:] == (1, 1)]
-                if single and batch < 2:
-                    raise NormlabError(
-                        f"BatchNorm layer {single[0].name} of {arch!r} would normalize one value "
-                        "per channel (a batch of one image at 1x1); train on batches of at least "
-                        "2 (--batch-size, --limit-train) or use a --model with larger maps"
-                    )
-                if not empty:
-                    continue
-                reason = f"layer {empty[0].name} outputs {'x'.join(map(str, empty[0].out_shape))}"
-            raise NormlabError(
-                f"the network {arch!r} does not fit {shape} images ({reason}); "
-                "pass a --model spec with fewer 'M' or stride-2 layers"
-            )
+            except RuntimeError as exc:  # e.g. pooling or a 3x3 valid convolution on a 1x1 map
+                raise NormlabError(
+                    f"the network {arch!r} does not fit {shape} images "
+                    f"({first_line(exc, 'no detail')}); "
+                    "pass a --model spec with fewer 'M' or stride-2 layers"
+                ) from None
+            single = [r for r in rows if r.kind == "BatchNorm2d" and r.out_shape[1:] == (1, 1)]
+            if single and batch < 2:
+                raise NormlabError(
+                    f"BatchNorm layer {single[0].name} of {arch!r} would normalize one value "
+                    "per channel (a batch of one image at 1x1); train on batches of at least "
+                    "2 (--batch-size, --limit-train) or use a --model with larger maps"
+                )

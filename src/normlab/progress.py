@@ -1,11 +1,12 @@
 """The progress hooks a study calls, in a module of their own so that imports run one way:
 executors report progress and the study passes a reporter down, but neither imports the other's
-caller (norms <- models <- train <- progress <- executors <- study <- cli)."""
+caller (norms <- models <- train <- executors <- study <- cli; this module needs only config
+and records)."""
 
 from __future__ import annotations
 
 from normlab.config import RunSpec
-from normlab.train import EpochMetrics
+from normlab.records import EpochMetrics
 
 
 class Reporter:

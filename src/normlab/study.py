@@ -27,8 +27,9 @@ from normlab.errors import NormlabError
 from normlab.executors import Executor, Job, LocalExecutor
 from normlab.models import check_network
 from normlab.progress import Reporter
+from normlab.records import RunResult
 from normlab.results import finished, read_json, summarize, write_json, write_run
-from normlab.train import RunResult, resolve_device, set_cpu_threads, use_bf16
+from normlab.train import resolve_device, set_cpu_threads, use_bf16
 
 
 class Plan(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from normlab.config import RunSpec
 from normlab.errors import NormlabError
-from normlab.train import RunResult
+from normlab.records import RunResult
 
 try:
     from torch.utils.tensorboard import SummaryWriter

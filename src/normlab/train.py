@@ -51,11 +51,16 @@ def use_bf16(device: torch.device, precision: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def set_cpu_threads() -> int:
     """One busy thread per core this process may use: oversubscribed OpenMP is many times
     slower than it should be on a small machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, min(torch.get_num_threads(), cores or 1))
+    threads = max(1, min(torch.get_num_threads(), available_cores()))
     torch.set_num_threads(threads)
     return threads
 
