@@ -229,7 +229,7 @@ def run(
     console.print(summary_table(summary, f"{dataset}: {epochs} epochs, {seeds} seed(s)"))
     console.print(
         f"wrote {out} in {time.perf_counter() - start:.0f}s, peak memory (max RSS) "
-        f"{max_rss_mb():.0f} MB"
+        f"{max_rss_mib():.0f} MiB"
     )
     console.print(f"report: {write_report(out, data_dir)}")
 
@@ -289,8 +289,8 @@ def explain(
             console.print(b.text, markup=False, highlight=False)
 
 
-def max_rss_mb() -> float:
-    """This process's peak resident memory in MB (Linux reports KiB, macOS bytes)."""
+def max_rss_mib() -> float:
+    """This process's peak resident memory in MiB (Linux reports KiB, macOS bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
