@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from normlab.results import read_json, read_metrics, run_dir
+from normlab.store.results import read_json, read_metrics, run_dir
 
 
 def main(out: Path) -> None:

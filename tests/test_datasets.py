@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from normlab.augment import parse_augment, prepare_batch, random_crop, random_flip
 from normlab.config import StudyConfig, TrainOptions, Variant
+from normlab.core.augment import parse_augment, prepare_batch, random_crop, random_flip
+from normlab.core.models import ARCHS, Net, choose_arch, count_params
 from normlab.data import load_dataset
+from normlab.data.imagefolder import cache_dir
 from normlab.errors import NormlabError
-from normlab.imagefolder import cache_dir
-from normlab.models import ARCHS, Net, choose_arch, count_params
-from normlab.study import run_study
+from normlab.run.study import run_study
 from tests.test_cli import normlab
 
 

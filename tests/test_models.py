@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from normlab.core.models import Net, check_network, count_params, layer_summary
+from normlab.core.norms import NORMS
 from normlab.data import INPUT_SHAPES
 from normlab.errors import NormlabError
-from normlab.models import Net, check_network, count_params, layer_summary
-from normlab.norms import NORMS
 
 
 @pytest.mark.parametrize("norm", NORMS)

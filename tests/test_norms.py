@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from normlab.core.norms import default_groups, make_norm, ref_batch_norm, ref_group_norm
 from normlab.errors import NormlabError
-from normlab.norms import default_groups, make_norm, ref_batch_norm, ref_group_norm
 
 
 @pytest.fixture

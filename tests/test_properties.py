@@ -9,7 +9,6 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from normlab.augment import AUGMENT_STEPS
 from normlab.config import (
     DEVICES,
     PRECISIONS,
@@ -19,8 +18,9 @@ from normlab.config import (
     parse_variant,
     parse_variants,
 )
+from normlab.core.augment import AUGMENT_STEPS
+from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
-from normlab.norms import NORMS
 
 strengths = st.one_of(
     st.just(0.0),

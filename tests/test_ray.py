@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from normlab.results import load_state_dict, read_json, read_metrics, read_predictions
+from normlab.store.results import load_state_dict, read_json, read_metrics, read_predictions
 
 pytest.importorskip("ray")
 

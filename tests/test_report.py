@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from normlab.errors import NormlabError
-from normlab.explain import example_tensor, explain, parse_values
-from normlab.gallery import confident_mistakes, confusion
-from normlab.stats import holm, mcnemar_exact, seeds_test, wilson_interval
+from normlab.report.explain import example_tensor, explain, parse_values
+from normlab.report.gallery import confident_mistakes, confusion
+from normlab.report.stats import holm, mcnemar_exact, seeds_test, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 CURVES = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
@@ -298,8 +298,8 @@ def write_diverged_study(out: Path) -> None:
     """Three variants x two seeds over 3 epochs: every bn seed diverged, gn's seed 1 diverged,
     ln finished. study.json has no data block, as in an old or hand-written study."""
     from normlab.config import StudyConfig, TrainOptions, parse_variant
-    from normlab.records import EpochMetrics, RunResult
-    from normlab.results import summarize, write_json, write_run
+    from normlab.core.records import EpochMetrics, RunResult
+    from normlab.store.results import summarize, write_json, write_run
 
     config = StudyConfig(
         data_dir=out / "nowhere",
@@ -327,7 +327,7 @@ def write_diverged_study(out: Path) -> None:
 def test_report_marks_diverged_runs_and_leaves_them_out(tmp_path: Path) -> None:
     import matplotlib
 
-    from normlab.report import write_report
+    from normlab.report.report import write_report
 
     out = tmp_path / "study"
     write_diverged_study(out)
@@ -372,8 +372,8 @@ def test_summary_gives_a_diverged_seed_no_final_accuracy(tmp_path: Path) -> None
 
 
 def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
-    from normlab.figures import read_study
-    from normlab.report import run_blocks
+    from normlab.report.report import run_blocks
+    from normlab.store.reader import read_study
 
     sweep = REPO / "docs" / "results" / "batch-size"
     if not (sweep / "summary.json").exists():
@@ -386,8 +386,8 @@ def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
 
 def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:
     from normlab.config import StudyConfig, parse_variant
-    from normlab.results import summarize
-    from normlab.sweep_figures import results_table
+    from normlab.report.sweep_figures import results_table
+    from normlab.store.results import summarize
 
     write_diverged_study(tmp_path)
     runs = StudyConfig(variants=tuple(map(parse_variant, ("bn", "gn"))), seeds=2).runs()

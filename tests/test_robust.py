@@ -22,12 +22,12 @@ import torch
 
 from normlab import cli
 from normlab.config import StudyConfig, TrainOptions, Variant, parse_variants
+from normlab.core.models import Net
+from normlab.core.train import load_checkpoint, make_optimizer
 from normlab.data import MNIST_FILES
 from normlab.errors import NormlabError
-from normlab.models import Net
-from normlab.results import load_state_dict, read_json, read_metrics, read_predictions
-from normlab.study import prepare_folder
-from normlab.train import load_checkpoint, make_optimizer
+from normlab.run.study import prepare_folder
+from normlab.store.results import load_state_dict, read_json, read_metrics, read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--limit-train", "512", "--limit-test", "256", "--device", "cpu"]
@@ -423,7 +423,7 @@ def failing_open(monkeypatch: pytest.MonkeyPatch, fails, make) -> None:
     def fake_open(path, mode="r", *args, **kwargs):
         return make(path) if fails(Path(path)) else real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr("normlab.atomic.open", fake_open, raising=False)
+    monkeypatch.setattr("normlab.store.atomic.open", fake_open, raising=False)
 
 
 def test_disk_full_mid_study_loses_nothing(

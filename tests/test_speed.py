@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from normlab.augment import affine_grid
 from normlab.cli import app
+from normlab.core.augment import affine_grid
+from normlab.core.models import MaxPool2d, Net
+from normlab.core.train import add_l1_grad, conv_weights, l1_penalty
 from normlab.data import channel_stats
-from normlab.models import MaxPool2d, Net
-from normlab.train import add_l1_grad, conv_weights, l1_penalty
 
 ROW_KEYS = {"norm", "normlab_img_s", "typical_img_s", "compute_img_s", "ratio", "efficiency"}
 

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from normlab import sweep_figures
 from normlab.config import RunSpec, TrainOptions, Variant, parse_variant
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
-from normlab.executors import (
+from normlab.report import sweep_figures
+from normlab.report.stats import mean_ci
+from normlab.report.sweep_figures import write_sweep_report
+from normlab.run.executors import (
     Job,
     LocalExecutor,
     PoolExecutor,
@@ -28,12 +30,10 @@ from normlab.executors import (
     make_executor,
     ray_uses_gpu,
 )
-from normlab.progress import Reporter
-from normlab.results import read_json, read_metrics, read_predictions
-from normlab.stats import mean_ci
-from normlab.study import load_study_data, run_study
-from normlab.sweep import SweepConfig, load_sweep, parse_sweep, presets
-from normlab.sweep_figures import write_sweep_report
+from normlab.run.progress import Reporter
+from normlab.run.study import load_study_data, run_study
+from normlab.store.results import read_json, read_metrics, read_predictions
+from normlab.studyfile import SweepConfig, load_sweep, parse_sweep, presets
 
 TINY = {
     "dataset": "mnist",
@@ -307,7 +307,7 @@ def test_executor_threads_and_cpus_per_run() -> None:
 
 
 def test_executors_do_not_import_the_study() -> None:
-    code = "import sys, normlab.executors; sys.exit('normlab.study' in sys.modules)"
+    code = "import sys, normlab.run.executors; sys.exit('normlab.run.study' in sys.modules)"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 

@@ -9,18 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from normlab.config import TrainOptions, parse_variant
-from normlab.data import Dataset, Split
-from normlab.models import Net
-from normlab.train import (
-    CPU_EVAL_BATCH,
+from normlab.core.device import CPU_EVAL_BATCH, eval_batch_size
+from normlab.core.models import Net
+from normlab.core.train import (
     add_l1_grad,
     build_model,
     conv_weights,
-    eval_batch_size,
     evaluate,
     l1_penalty,
     train_run,
 )
+from normlab.data import Dataset, Split
 
 
 def test_l1_penalty_is_lambda_times_sum_of_abs_of_every_conv_weight() -> None:

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normlab.augment import parse_augment
+from normlab.core.augment import parse_augment
+from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
-from normlab.norms import NORMS
 
 DEFAULT_L1 = 1e-5  # lambda for the L1 penalty lambda * sum|w| added to the loss
 DEFAULT_L2 = 1e-4  # SGD weight decay

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normlab.core.norms import make_norm
 from normlab.errors import NormlabError, first_line
-from normlab.norms import make_norm
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
 # mnist (1x28x28): pool after one full-resolution convolution, spend the channels at 12x12 and

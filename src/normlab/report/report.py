@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from normlab.atomic import write_atomic
-from normlab.doc import Block, Bullets, Heading, Image, Para, Table, to_html, to_markdown
 from normlab.errors import NormlabError
-from normlab.explain import axes_figure, example_tensor, explain_blocks
-from normlab.figures import StoredStudy, StoredVariant, plot_curves, read_study, thousands
-from normlab.gallery import plot_confusion, plot_mistakes
-from normlab.results import read_predictions, run_dir
-from normlab.stats import PairTest, holm, mcnemar_exact, mean_ci, seeds_test, wilson_interval
+from normlab.report.curves import plot_curves
+from normlab.report.doc import Block, Bullets, Heading, Image, Para, Table, to_html, to_markdown
+from normlab.report.explain import axes_figure, example_tensor, explain_blocks
+from normlab.report.gallery import plot_confusion, plot_mistakes
+from normlab.report.stats import PairTest, holm, mcnemar_exact, mean_ci, seeds_test, wilson_interval
+from normlab.store.atomic import write_atomic
+from normlab.store.reader import StoredStudy, StoredVariant, read_study, thousands
+from normlab.store.results import read_predictions, run_dir
 
 ALPHA = 0.05
 # Convergence is measured against each variant's own best, so it means the same on MNIST

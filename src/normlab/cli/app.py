@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from normlab.bench import BenchRow, run_bench
+from normlab.cli.bench import BenchRow, run_bench
 from normlab.config import (
     DEFAULT_L1,
     DEFAULT_L2,
@@ -33,19 +33,19 @@ from normlab.config import (
     TrainOptions,
     parse_variants,
 )
+from normlab.core.models import ARCHS, Net, check_network, choose_arch, count_params, layer_summary
+from normlab.core.norms import NORM_NAMES, NORMS
+from normlab.core.records import EpochMetrics
 from normlab.data import INPUT_SHAPES, folder_name
-from normlab.doc import Heading, Para, to_markdown
-from normlab.doc import Table as DocTable
 from normlab.errors import NormlabError
-from normlab.executors import make_executor
-from normlab.explain import example_tensor, explain_blocks, parse_values
-from normlab.models import ARCHS, Net, check_network, choose_arch, count_params, layer_summary
-from normlab.norms import NORM_NAMES, NORMS
-from normlab.progress import Reporter
-from normlab.records import EpochMetrics
-from normlab.report import write_report
-from normlab.study import run_study
-from normlab.sweep import load_sweep, presets
+from normlab.report.doc import Heading, Para, to_markdown
+from normlab.report.doc import Table as DocTable
+from normlab.report.explain import example_tensor, explain_blocks, parse_values
+from normlab.report.report import write_report
+from normlab.run.executors import make_executor
+from normlab.run.progress import Reporter
+from normlab.run.study import run_study
+from normlab.studyfile import load_sweep, presets
 
 app = typer.Typer(
     help="normlab: the normalization study (BatchNorm, GroupNorm, LayerNorm), fast and "
@@ -440,7 +440,7 @@ def sweep(
         summary = run_study(
             config, out, RichReporter(progress), fresh, executor, tensorboard=tensorboard
         )
-    from normlab.sweep_figures import write_sweep_report
+    from normlab.report.sweep_figures import write_sweep_report
 
     written = write_sweep_report(out)
     console.print(summary_table(summary, f"{config.name}: {len(runs)} runs"))

@@ -20,16 +20,16 @@ from typing import Protocol
 import torch
 
 import normlab
-from normlab.atomic import clean_tmp
 from normlab.config import RunSpec, TrainOptions
+from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
+from normlab.core.models import check_network
+from normlab.core.records import RunResult
 from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
-from normlab.executors import Executor, Job, LocalExecutor
-from normlab.models import check_network
-from normlab.progress import Reporter
-from normlab.records import RunResult
-from normlab.results import finished, read_json, summarize, write_json, write_run
-from normlab.train import resolve_device, set_cpu_threads, use_bf16
+from normlab.run.executors import Executor, Job, LocalExecutor
+from normlab.run.progress import Reporter
+from normlab.store.atomic import clean_tmp
+from normlab.store.results import finished, read_json, summarize, write_json, write_run
 
 
 class Plan(Protocol):
@@ -168,7 +168,7 @@ def run_study(
     executor = executor or LocalExecutor()
     out = Path(out)
     if tensorboard:
-        from normlab.tblog import write_events  # fails now, not after the first run
+        from normlab.store.tblog import write_events  # fails now, not after the first run
     device = resolve_device(config.device)
     if device.type == "cpu":
         set_cpu_threads()

@@ -6,7 +6,7 @@ and records)."""
 from __future__ import annotations
 
 from normlab.config import RunSpec
-from normlab.records import EpochMetrics
+from normlab.core.records import EpochMetrics
 
 
 class Reporter:

@@ -35,10 +35,10 @@ from normlab.config import (
     parse_variants,
     spell_strength,
 )
+from normlab.core.models import check_network
+from normlab.core.norms import NORMS
 from normlab.data import INPUT_SHAPES
 from normlab.errors import NormlabError
-from normlab.models import check_network
-from normlab.norms import NORMS
 
 TRAIN_KEYS = (
     "epochs",

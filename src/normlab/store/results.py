@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from normlab.atomic import write_atomic
 from normlab.config import RunSpec
+from normlab.core.records import EpochMetrics, RunResult
 from normlab.errors import NormlabError
-from normlab.records import EpochMetrics, RunResult
-from normlab.stats import mean_ci
+from normlab.report.stats import mean_ci
+from normlab.store.atomic import write_atomic
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
 

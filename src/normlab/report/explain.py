@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from normlab.doc import Block, Heading, Image, Para, Table
+from normlab.core.norms import EPS, group_stats, make_norm, ref_batch_norm, ref_group_norm
 from normlab.errors import NormlabError
-from normlab.figures import pyplot, save_figure
-from normlab.norms import EPS, group_stats, make_norm, ref_batch_norm, ref_group_norm
+from normlab.report.doc import Block, Heading, Image, Para, Table
+from normlab.report.plotting import pyplot, save_figure
 
 SHAPE = (2, 4, 2, 2)  # N, C, H, W: two samples are the fewest for which BatchNorm differs
 GN_GROUPS = 2

@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from normlab.atomic import write_atomic
-from normlab.figures import pyplot, save_figure
-from normlab.norms import NORM_NAMES
-from normlab.results import read_json
+from normlab.core.norms import NORM_NAMES
+from normlab.report.plotting import pyplot, save_figure
+from normlab.store.atomic import write_atomic
+from normlab.store.results import read_json
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -35,12 +35,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from normlab.atomic import write_atomic
-from normlab.data import Dataset, Split, channel_stats, folder_name, is_archive
+from normlab.data.containers import Dataset, Split, channel_stats
 from normlab.errors import NormlabError, first_line
+from normlab.store.atomic import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 2  # bump when the cache layout or the decoding changes
+
+
+def folder_name(path: Path) -> str:
+    """What a dataset path is called: its last part without `.tar.gz` / `.tgz` (a named
+    dataset such as `mnist` is its own name)."""
+    return path.name.removesuffix(".tar.gz").removesuffix(".tgz")
+
+
+def is_archive(path: Path) -> bool:
+    """A `.tar.gz` / `.tgz` file: what `--dataset PATH` accepts besides a folder."""
+    return path.is_file() and path.name.lower().endswith((".tar.gz", ".tgz"))
 
 
 def cache_dir(source: Path, data_dir: Path) -> Path:

@@ -23,11 +23,12 @@ from types import ModuleType
 import torch
 
 from normlab.config import RunSpec
+from normlab.core.device import available_cores, resolve_device
+from normlab.core.records import RunResult
+from normlab.core.train import load_checkpoint, train_run
 from normlab.data import Dataset, steps_per_epoch
 from normlab.errors import NormlabError, first_line
-from normlab.progress import Reporter
-from normlab.records import RunResult
-from normlab.train import available_cores, load_checkpoint, resolve_device, train_run
+from normlab.run.progress import Reporter
 
 OnDone = Callable[["Job", RunResult], None]
 
@@ -244,7 +245,7 @@ class RayExecutor(Executor):
     ) -> None:
         ray = _import_ray()
         # Workers import normlab from wherever the driver found it, unless told otherwise.
-        src = str(Path(__file__).resolve().parents[1])
+        src = str(Path(__file__).resolve().parents[2])
         env = {"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": str(self.cpus)}}
         try:
             ray.init(address=self.address, runtime_env=env, log_to_driver=False)

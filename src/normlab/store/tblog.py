@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from normlab.config import RunSpec
+from normlab.core.records import RunResult
 from normlab.errors import NormlabError
-from normlab.records import RunResult
 
 try:
     from torch.utils.tensorboard import SummaryWriter

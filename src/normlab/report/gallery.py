@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from normlab.errors import NormlabError
-from normlab.figures import pyplot, save_figure
+from normlab.report.plotting import pyplot, save_figure
 
 ROWS, COLS = 2, 5
 

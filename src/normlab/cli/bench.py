@@ -30,24 +30,26 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from normlab.augment import prepare_batch
 from normlab.config import TrainOptions, Variant, parse_variants
-from normlab.data import Dataset, load_dataset, steps_per_epoch
-from normlab.errors import NormlabError
-from normlab.models import Net
-from normlab.train import (
-    augmentation_for,
-    build_model,
-    compiled,
+from normlab.core.augment import prepare_batch
+from normlab.core.device import (
     eval_batch_size,
-    evaluate,
-    make_optimizer,
     memory_format,
     resolve_device,
     set_cpu_threads,
-    train_epoch,
     use_bf16,
 )
+from normlab.core.models import Net
+from normlab.core.train import (
+    augmentation_for,
+    build_model,
+    compiled,
+    evaluate,
+    make_optimizer,
+    train_epoch,
+)
+from normlab.data import Dataset, load_dataset, steps_per_epoch
+from normlab.errors import NormlabError
 
 TEST_FRACTION = 6  # test images per epoch = training images / 6, as in a full MNIST epoch
 TYPICAL_WORKERS = (0, 2)
