@@ -9,7 +9,8 @@ and images:
     typical   the usual recipe: torchvision MNIST with per-image RandomRotation(7), ToTensor and
               Normalize through a shuffled DataLoader, fp32, the same test pass through a
               DataLoader; num_workers 0 and 2, the faster one is the baseline.
-    compute   forward + backward + SGD step on one batch already in memory, with normlab's
+    compute   normlab's `train_step` (forward, backward, the variant's L1 gradient, SGD step,
+              schedule step) over and over on one batch already in memory, with normlab's
               settings (precision, memory format, threads): the ceiling for the training loop.
 
 `ratio` is normlab / typical and `efficiency` normlab / compute. The achieved FLOP/s counts the
@@ -32,22 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from normlab.config import TrainOptions, Variant, parse_variants
 from normlab.core.augment import prepare_batch
-from normlab.core.device import (
-    eval_batch_size,
-    memory_format,
-    resolve_device,
-    set_cpu_threads,
-    use_bf16,
-)
+from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
 from normlab.core.models import Net
-from normlab.core.train import (
-    augmentation_for,
-    build_model,
-    compiled,
-    evaluate,
-    make_optimizer,
-    train_epoch,
-)
+from normlab.core.train import RunContext, make_context, test_pass, train_epoch, train_step
 from normlab.data import Dataset, load_dataset, steps_per_epoch
 from normlab.errors import NormlabError
 
@@ -76,6 +64,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds `fn` takes, GPU work synced on both sides (see `_sync`)."""
     _sync(device)
     start = time.perf_counter()
     fn()
@@ -95,68 +84,54 @@ def normlab_epoch(
 ) -> float:
     """Seconds for one normlab epoch (train + test pass), after a short warm-up epoch that
     builds the kernels' caches (and, with --compile, the compiled graph)."""
-    fmt = memory_format(device, variant.norm)
-    model = build_model(variant, data, opts, 0).to(device, memory_format=fmt)
-    net = compiled(model, opts.compile)
-    bf16, augment = use_bf16(device, opts.precision), augmentation_for(data, opts)
-    steps = 2 * max(1, len(data.train) // opts.batch_size)
-    opt, sched = make_optimizer(model, variant, opts, steps)
-    gen = torch.Generator(device=device).manual_seed(0)
-    eval_bs = eval_batch_size(device, opts.eval_batch_size, data.input_shape)
+    steps = 2 * max(1, len(data.train) // opts.batch_size)  # warm-up + epoch: at most twice one
+    ctx = make_context(variant, 0, data, opts, device, steps)
     warm = data.head(3 * opts.batch_size, opts.batch_size)
 
     def epoch(d: Dataset) -> None:
-        train_epoch(net, d, variant, opt, sched, gen, opts, bf16, augment)
-        evaluate(net, d.test, d, eval_bs, bf16, fmt)
+        train_epoch(ctx, d)
+        test_pass(ctx, d)
 
     epoch(warm)
     return _timed(lambda: epoch(data), device)
 
 
-def first_batch(data: Dataset, batch_size: int, fmt: torch.memory_format) -> tuple[Tensor, Tensor]:
+def first_batch(ctx: RunContext, data: Dataset) -> tuple[Tensor, Tensor]:
     """The first training batch, normalized, in the model's memory format."""
-    images, labels = data.train.images[:batch_size], data.train.labels[:batch_size]
-    return prepare_batch(images, data.mean, data.std).contiguous(memory_format=fmt), labels
+    n = ctx.opts.batch_size
+    images, labels = data.train.images[:n], data.train.labels[:n]
+    return prepare_batch(images, data.mean, data.std).contiguous(memory_format=ctx.fmt), labels
 
 
 def model_flops(variant: Variant, data: Dataset, opts: TrainOptions) -> tuple[float, float]:
-    """(training FLOPs per image: forward + backward, test-pass FLOPs per image: forward)."""
-    device = data.train.images.device
-    fmt = memory_format(device, variant.norm)
-    model = build_model(variant, data, opts, 0).to(device, memory_format=fmt)
-    x, labels = first_batch(data, opts.batch_size, fmt)
+    """(training FLOPs per image: forward + backward, test-pass FLOPs per image: forward).
+    Counted on the uncompiled model in fp32: the count is of operations, not of their speed."""
+    ctx = make_context(variant, 0, data, opts, data.train.images.device, 1)
+    x, labels = first_batch(ctx, data)
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), labels).backward()
+        F.cross_entropy(ctx.model(x), labels).backward()
     train_flops = counter.get_total_flops() / len(labels)
-    model.eval()
+    ctx.model.eval()
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
+        ctx.model(x)
     return train_flops, counter.get_total_flops() / len(labels)
+
+
+WARMUP_STEPS = 3
 
 
 def compute_only(
     variant: Variant, data: Dataset, opts: TrainOptions, device: torch.device
 ) -> float:
-    """Images/s of forward + backward + SGD step on one batch already in memory."""
-    fmt = memory_format(device, variant.norm)
-    model = build_model(variant, data, opts, 0).to(device, memory_format=fmt)
-    net = compiled(model, opts.compile)
-    bf16 = use_bf16(device, opts.precision)
-    opt, _ = make_optimizer(model, variant, opts, 1)
-    x, labels = first_batch(data, opts.batch_size, fmt)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
+    """Images/s of `train_step` on one batch already in memory: the training loop without
+    batching, shuffling and augmentation. It runs the whole step, the variant's L1 gradient and
+    the schedule's step included, so the ceiling costs what a real step costs."""
     n = max(5, steps_per_epoch(len(data.train), opts.batch_size))  # as long as the epoch
-    seconds = _timed(lambda: [step() for _ in range(n)], device)
+    ctx = make_context(variant, 0, data, opts, device, WARMUP_STEPS + n)
+    x, labels = first_batch(ctx, data)
+    for _ in range(WARMUP_STEPS):
+        train_step(ctx, x, labels)
+    seconds = _timed(lambda: [train_step(ctx, x, labels) for _ in range(n)], device)
     return n * len(labels) / seconds
 
 
@@ -216,6 +191,48 @@ def matmul_flops(device: torch.device, bf16: bool, seconds: float = 0.5) -> floa
     return 2 * 1024**3 * n / elapsed
 
 
+def bench_variant(
+    variant: Variant,
+    data: Dataset,
+    data_dev: Dataset,
+    data_dir: Path,
+    opts: TrainOptions,
+    repeats: int,
+) -> tuple[BenchRow, float, float]:
+    """One variant's row, with the FLOPs and the seconds of its best normlab epoch (the whole
+    run's FLOP/s sums both over the variants). normlab trains on `data_dev`, the same images
+    already on the device; the typical recipe reads its own from `data_dir` and only takes
+    the subset sizes from `data`. The measurements take turns within each repeat, so a burst
+    of load from other processes does not fall on one of them alone."""
+    dev = data_dev.train.images.device
+    train_flops, eval_flops = model_flops(variant, data_dev, opts)
+    compute, t_normlab = 0.0, float("inf")
+    typical = dict.fromkeys(TYPICAL_WORKERS, float("inf"))
+    for _ in range(repeats):
+        compute = max(compute, compute_only(variant, data_dev, opts, dev))
+        t_normlab = min(t_normlab, normlab_epoch(variant, data_dev, opts, dev))
+        for w in TYPICAL_WORKERS:
+            t = typical_epoch(variant.norm, data_dir, data, opts.batch_size, w, dev)
+            typical[w] = min(typical[w], t)
+    workers = min(typical, key=typical.get)
+    bs = opts.batch_size
+    trained = min(len(data.train), steps_per_epoch(len(data.train), bs) * bs)
+    epoch_flops = trained * train_flops + len(data.test) * eval_flops
+    normlab_rate = trained / t_normlab
+    typical_rate = trained / typical[workers]
+    row = BenchRow(
+        variant.name,
+        normlab_rate,
+        typical_rate,
+        compute,
+        normlab_rate / typical_rate,
+        normlab_rate / compute,
+        workers,
+        epoch_flops / t_normlab,
+    )
+    return row, epoch_flops, t_normlab
+
+
 def run_bench(
     data_dir: Path,
     norms: str = "bn,gn,ln",
@@ -238,35 +255,13 @@ def run_bench(
     threads = set_cpu_threads() if dev.type == "cpu" else torch.get_num_threads()
     opts = TrainOptions(epochs=1, batch_size=batch_size, compile=compile)
     data = bench_data(load_dataset("mnist", data_dir, download=False), limit_train)
-    data_dev = data.to(dev)
-    bf16 = use_bf16(dev, opts.precision)
+    data_dev, bf16 = data.to(dev), use_bf16(dev, opts.precision)
     rows, flops, seconds = [], 0.0, 0.0
     for variant in variants:
-        train_flops, eval_flops = model_flops(variant, data_dev, opts)
-        compute, t_normlab = 0.0, float("inf")
-        typical = dict.fromkeys(TYPICAL_WORKERS, float("inf"))
-        for _ in range(repeats):
-            compute = max(compute, compute_only(variant, data_dev, opts, dev))
-            t_normlab = min(t_normlab, normlab_epoch(variant, data_dev, opts, dev))
-            for w in TYPICAL_WORKERS:
-                t = typical_epoch(variant.norm, data_dir, data, batch_size, w, dev)
-                typical[w] = min(typical[w], t)
-        workers = min(typical, key=typical.get)
-        trained = min(len(data.train), steps_per_epoch(len(data.train), batch_size) * batch_size)
-        epoch_flops = trained * train_flops + len(data.test) * eval_flops
-        flops, seconds = flops + epoch_flops, seconds + t_normlab
-        normlab_rate = trained / t_normlab
-        typical_rate = trained / typical[workers]
-        row = BenchRow(
-            variant.name,
-            normlab_rate,
-            typical_rate,
-            compute,
-            normlab_rate / typical_rate,
-            normlab_rate / compute,
-            workers,
-            epoch_flops / t_normlab,
+        row, epoch_flops, t_normlab = bench_variant(
+            variant, data, data_dev, data_dir, opts, repeats
         )
+        flops, seconds = flops + epoch_flops, seconds + t_normlab
         rows.append(row)
         if on_row is not None:
             on_row(row)

@@ -47,15 +47,16 @@ def set_cpu_threads() -> int:
 
 def memory_format(device: torch.device, norm: str) -> torch.memory_format:
     """channels_last, except GroupNorm/InstanceNorm on CPU: PyTorch's CPU GroupNorm kernel for
-    more than one group is about 20x slower on channels_last bf16 input than on contiguous input
-    (one thread; README, Speed), while BatchNorm and LayerNorm (one group) run faster on it."""
+    more than one group is many times slower on channels_last bf16 input than on contiguous
+    input (a one-off profile, not committed), while BatchNorm and LayerNorm (one group) run
+    faster on it."""
     if device.type == "cpu" and norm in ("gn", "in"):
         return torch.contiguous_format
     return torch.channels_last
 
 
 EVAL_INPUT_BYTES = 256 * 2**20  # the most float32 input one evaluation batch may take on a GPU
-CPU_EVAL_BATCH = 256  # the fastest of 64-2,000 measured on a CPU (see eval_batch_size)
+CPU_EVAL_BATCH = 256  # the fastest of the sizes tried on a CPU (see eval_batch_size)
 
 
 def eval_batch_size(
@@ -66,10 +67,10 @@ def eval_batch_size(
 
     A GPU evaluates the whole MNIST test split in one launch, so there the default grows to
     10,000 images, but never past 256 MB of float input (large images would run out of
-    memory). A CPU wants batches whose activations stay in cache: 256 images evaluate 1.9-2.2x
-    as fast as 1,000 on the MNIST network and 1.3-1.6x on the CIFAR one (2 threads, bf16; README,
-    Speed). Predictions do not depend on the batch size: evaluation uses BatchNorm's running
-    statistics."""
+    memory). A CPU wants batches whose activations stay in cache: 256 images evaluated faster
+    than 1,000 on both the MNIST and the CIFAR network (2 threads, bf16; a one-off measurement,
+    not committed). Predictions do not depend on the batch size: evaluation uses BatchNorm's
+    running statistics."""
     if batch_size != TrainOptions.eval_batch_size:
         return batch_size
     if device.type != "cuda":

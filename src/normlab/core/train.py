@@ -1,8 +1,11 @@
 """One training run: a fresh model from its seed, SGD + OneCycle, L1/L2, per-epoch metrics.
 
-Read it top to bottom like pytorch/examples' mnist/main.py: `train_run` builds the model and the
-optimizer, then alternates `train_epoch` and `evaluate`. Nothing in the loop copies to the host
-per step: the loss and correct counts are summed on the device and read once per epoch.
+Read it top to bottom like pytorch/examples' mnist/main.py: the model and the optimizer, then
+`make_context` (one run's fixed parts), `train_step` and `train_epoch`, `evaluate`, and last
+`train_run`, which alternates training and test epochs and checkpoints between them. Nothing in
+the loop copies to the host per step: the loss and correct counts are summed on the device and
+read once per epoch. `normlab bench` builds its runs with the same `make_context` and
+`train_step`, so it times the code that trains.
 
 Regularizers act on the convolution weights only (the `weight` of every Conv2d, head included):
 L1 adds `l1 * sum|w|` to the loss, L2 is SGD weight decay on the same tensors. Norm scales and
@@ -12,11 +15,10 @@ norm itself (network slimming), which would confound a comparison *between* norm
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,12 +27,11 @@ from torch import nn
 
 from normlab.config import TrainOptions, Variant
 from normlab.core.augment import default_augment, parse_augment, prepare_batch
+from normlab.core.checkpoint import load_checkpoint, save_checkpoint
 from normlab.core.device import eval_batch_size, memory_format, use_bf16
 from normlab.core.models import Net, choose_arch, count_params
 from normlab.core.records import EpochMetrics, RunResult
 from normlab.data import Dataset, Split, batches, steps_per_epoch
-from normlab.errors import NormlabError
-from normlab.store.atomic import write_atomic
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
@@ -107,37 +108,89 @@ def augmentation_for(dataset: Dataset, opts: TrainOptions) -> tuple[str, ...]:
     return parse_augment(default_augment(dataset.name) if opts.augment == "auto" else opts.augment)
 
 
-def train_epoch(
-    model: nn.Module,
-    data: Dataset,
+@dataclass(frozen=True)
+class RunContext:
+    """What one run holds fixed while it loops: the model (`net` is what forward passes call,
+    see `compiled`), its optimizer and schedule, the generator that shuffles and augments, and
+    the device policies. One builder (`make_context`) makes it for training and for `normlab
+    bench`, so the benchmark times exactly what a run does."""
+
+    variant: Variant
+    opts: TrainOptions
+    model: Net
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    bf16: bool
+    augment: tuple[str, ...]
+    fmt: torch.memory_format
+    device: torch.device
+    eval_batch: int
+
+
+def make_context(
     variant: Variant,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
+    seed: int,
+    data: Dataset,
     opts: TrainOptions,
-    bf16: bool,
-    augment: tuple[str, ...],
-    on_step: Callable[[], None] | None = None,
-) -> tuple[float, float]:
-    """One pass over the shuffled training split; returns (mean loss, accuracy %)."""
-    model.train()
-    device = data.train.images.device
+    device: torch.device,
+    total_steps: int,
+) -> RunContext:
+    """A fresh run: the model from `seed` on `device` in its memory format, an optimizer whose
+    schedule spans `total_steps`, and a generator seeded with `seed`. None of these draws from
+    shared random state, so the order they are built in cannot change a result."""
     fmt = memory_format(device, variant.norm)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    model = build_model(variant, data, opts, seed).to(device, memory_format=fmt)
+    opt, sched = make_optimizer(model, variant, opts, total_steps)
+    return RunContext(
+        variant=variant,
+        opts=opts,
+        model=model,
+        net=compiled(model, opts.compile),
+        opt=opt,
+        sched=sched,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        bf16=use_bf16(device, opts.precision),
+        augment=augmentation_for(data, opts),
+        fmt=fmt,
+        device=device,
+        eval_batch=eval_batch_size(device, opts.eval_batch_size, data.input_shape),
+    )
+
+
+def train_step(
+    ctx: RunContext, x: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a prepared batch; returns (loss, logits), still on the device.
+
+    The loss is taken on float logits whatever the autocast precision, so bf16 rounds the
+    network's arithmetic but not the softmax. The L1 gradient goes in between `backward` and
+    the step (see `add_l1_grad`); the schedule advances once per batch."""
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
+        logits = ctx.net(x)
+    loss = F.cross_entropy(logits.float(), labels)
+    ctx.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if ctx.variant.l1:
+        add_l1_grad(ctx.model, ctx.variant.l1)
+    ctx.opt.step()
+    ctx.sched.step()
+    return loss, logits
+
+
+def train_epoch(
+    ctx: RunContext, data: Dataset, on_step: Callable[[], None] | None = None
+) -> tuple[float, float]:
+    """One pass over the shuffled training split of `data`; returns (mean loss, accuracy %).
+    `data` is an argument, not part of `ctx`, so that the bench can warm up on a subset."""
+    ctx.net.train()
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
-    for images, labels in batches(data.train, opts.batch_size, generator):
-        x = prepare_batch(images, data.mean, data.std, generator, augment)
-        x = x.contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if variant.l1:
-            add_l1_grad(model, variant.l1)
-        opt.step()
-        sched.step()
+    for images, labels in batches(data.train, ctx.opts.batch_size, ctx.generator):
+        x = prepare_batch(images, data.mean, data.std, ctx.generator, ctx.augment)
+        loss, logits = train_step(ctx, x.contiguous(memory_format=ctx.fmt), labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -179,28 +232,49 @@ def evaluate(
     return loss_sum.item() / len(split), acc, predictions
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Serialize in memory, then write atomically: a kill or a full disk mid-save leaves the
-    previous epoch's checkpoint intact."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_atomic(path, buf.getvalue())
+def test_pass(ctx: RunContext, data: Dataset) -> tuple[float, float, dict[str, torch.Tensor]]:
+    """`evaluate` on the test split with the run's own network, precision and batch size."""
+    return evaluate(ctx.net, data.test, data, ctx.eval_batch, ctx.bf16, ctx.fmt)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint written by `save_checkpoint`, loaded with `weights_only=True` (tensors and
-    plain containers only: a tampered file cannot run code). An unreadable one is a user-facing
-    error rather than a traceback, since it can only come from outside damage."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or not {"model", "metrics"} <= state.keys():
-            raise ValueError("not a normlab checkpoint")
-        return state
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise NormlabError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart "
-            "that run from scratch"
-        ) from None
+def training_state(ctx: RunContext, metrics: list[EpochMetrics]) -> dict:
+    """What a checkpoint holds: all that the next epoch depends on, and the metrics so far."""
+    return {
+        "model": ctx.model.state_dict(),
+        "optimizer": ctx.opt.state_dict(),
+        "scheduler": ctx.sched.state_dict(),
+        "generator": ctx.generator.get_state(),
+        "metrics": [asdict(x) for x in metrics],
+    }
+
+
+def resume(ctx: RunContext, checkpoint: Path) -> list[EpochMetrics]:
+    """Put a checkpoint's state back into a fresh `ctx`; returns the epochs it had finished.
+    (`Generator.set_state` takes a CPU tensor, whatever the generator's device.)"""
+    state = load_checkpoint(checkpoint, ctx.device)
+    ctx.model.load_state_dict(state["model"])
+    ctx.opt.load_state_dict(state["optimizer"])
+    ctx.sched.load_state_dict(state["scheduler"])
+    ctx.generator.set_state(state["generator"].cpu())
+    return [EpochMetrics(**m) for m in state["metrics"]]
+
+
+def fit_epoch(
+    ctx: RunContext, data: Dataset, epoch: int, on_step: Callable[[], None] | None
+) -> tuple[EpochMetrics | None, dict[str, torch.Tensor]]:
+    """Train one epoch, then test; returns its metrics and test predictions, or (None, {}) as
+    soon as a loss is non-finite: the run has diverged and nothing after that is worth
+    computing. `lr` is the rate the epoch started with; `seconds` counts training and test."""
+    start = time.perf_counter()
+    lr = ctx.opt.param_groups[0]["lr"]
+    train_loss, train_acc = train_epoch(ctx, data, on_step)
+    if not math.isfinite(train_loss):
+        return None, {}
+    test_loss, test_acc, predictions = test_pass(ctx, data)
+    if not math.isfinite(test_loss):  # e.g. BatchNorm's running variance overflowed
+        return None, {}
+    seconds = time.perf_counter() - start
+    return EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds), predictions
 
 
 def train_run(
@@ -223,58 +297,23 @@ def train_run(
     good epoch and no state_dict or predictions: the weights are NaN by then, and predictions
     of an earlier epoch next to them would describe a model that is not stored.
     """
-    fmt = memory_format(device, variant.norm)
-    model = build_model(variant, data, opts, seed).to(device, memory_format=fmt)
-    steps = steps_per_epoch(len(data.train), opts.batch_size)
-    opt, sched = make_optimizer(model, variant, opts, opts.epochs * steps)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    bf16, augment = use_bf16(device, opts.precision), augmentation_for(data, opts)
-    metrics: list[EpochMetrics] = []
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"].cpu())
-        metrics = [EpochMetrics(**m) for m in state["metrics"]]
-    result = RunResult(variant, seed, count_params(model), metrics, {})
-    net = compiled(model, opts.compile)
-    eval_bs = eval_batch_size(device, opts.eval_batch_size, data.input_shape)
+    total_steps = opts.epochs * steps_per_epoch(len(data.train), opts.batch_size)
+    ctx = make_context(variant, seed, data, opts, device, total_steps)
+    metrics = resume(ctx, checkpoint) if checkpoint is not None and checkpoint.exists() else []
+    result = RunResult(variant, seed, count_params(ctx.model), metrics, {})
     for epoch in range(len(metrics) + 1, opts.epochs + 1):
-        start = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(
-            net, data, variant, opt, sched, generator, opts, bf16, augment, on_step
-        )
-        if not math.isfinite(train_loss):
+        m, predictions = fit_epoch(ctx, data, epoch, on_step)
+        if m is None:
             result.status, result.diverged_epoch = "diverged", epoch
-            break
-        test_loss, test_acc, predictions = evaluate(net, data.test, data, eval_bs, bf16, fmt)
-        if not math.isfinite(test_loss):  # e.g. BatchNorm's running variance overflowed
-            result.status, result.diverged_epoch = "diverged", epoch
-            break
+            result.predictions = {}  # an earlier epoch's would not describe the NaN model
+            return result
         result.predictions = predictions
-        m = EpochMetrics(
-            epoch, train_loss, train_acc, test_loss, test_acc, lr, time.perf_counter() - start
-        )
         metrics.append(m)
         if checkpoint is not None:
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "generator": generator.get_state(),
-                    "metrics": [asdict(x) for x in metrics],
-                },
-                checkpoint,
-            )
+            save_checkpoint(training_state(ctx, metrics), checkpoint)
         if on_epoch is not None:
             on_epoch(m)
-    if result.status == "diverged":
-        result.predictions = {}
-        return result
     if not result.predictions:  # resumed from a checkpoint of the last epoch
-        _, _, result.predictions = evaluate(net, data.test, data, eval_bs, bf16, fmt)
-    result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _, _, result.predictions = test_pass(ctx, data)
+    result.state_dict = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
     return result

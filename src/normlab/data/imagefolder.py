@@ -11,9 +11,9 @@ sub-folders of train/ (sorted); channels and size are detected:
 - size: every image is resized (bilinear, antialiased) to the most common size of the training
   split, so a few odd-sized images do not change the network.
 
-Decoding 60,000 small JPEGs takes seconds (see `decode`), but is still done once: the decoded
-uint8 arrays go to an uncompressed `.npz` (no pickle) and the mean/std of the training split to
-a `stats.json`, both in `--data-dir`/<name>-<digest>.normlab-cache/ (see `cache_dir`). It is keyed
+Decoding a folder of small JPEGs is quick, but is still done only once: the decoded uint8
+arrays go to an uncompressed `.npz` (no pickle) and the mean/std of the training split to a
+`stats.json`, both in `--data-dir`/<name>-<digest>.normlab-cache/ (see `cache_dir`). It is keyed
 on the data: for a folder, the list of image files with their sizes and modification times; for
 an archive, its size and modification time. Any change rebuilds it; an archive is extracted
 (once per change) with tarfile's "data" filter, which refuses absolute paths, `..` and links
@@ -133,8 +133,7 @@ def decode(path: Path) -> torch.Tensor:
     """One image file -> uint8 (C, H, W) with 1 or 3 channels; an error names the file.
 
     PIL rather than torchvision.io: torchvision 0.29 deprecates its decoders, and PIL converts
-    every mode (palette, CMYK, 16-bit, alpha) to L or RGB in one call; 60,000 small JPEGs take
-    about 12 s on one core.
+    every mode (palette, CMYK, 16-bit, alpha) to L or RGB in one call.
     """
     try:
         with Image.open(path) as im:
