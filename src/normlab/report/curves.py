@@ -12,11 +12,15 @@ and every divergence is named in the legend.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from normlab.report.plotting import COLORS, pyplot, save_figure
-from normlab.store.reader import StoredStudy
+from normlab.store.reader import StoredStudy, StoredVariant
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 METRICS = {
     "test_accuracy": ("test_acc", "Test accuracy", "accuracy (%)"),
@@ -40,79 +44,58 @@ def _zoomed_range(curves: list[np.ndarray], epochs: int) -> tuple[float, float]:
     return max(0.0, lo - pad), min(100.0, hi + pad)
 
 
-def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
-    """One metric of every variant on one axes, written as PNG and SVG; returns the paths."""
+def legend_label(v: StoredVariant, gone: str, column: str, mean: np.ndarray) -> tuple[str, int]:
+    """A variant's legend entry (final value ± spread over seeds, best and its epoch, any
+    divergence) and the index of its best epoch."""
+    is_acc = column.endswith("acc")
+    values = v.metrics[column]
+    last = np.flatnonzero(~np.isnan(mean))[-1]
+    best = int(np.nanargmax(mean) if is_acc else np.nanargmin(mean))
+    unit = "%" if is_acc else ""
+    fmt = ".2f" if is_acc else ".4f"
+    spread = ""
+    if np.sum(~np.isnan(values[:, last])) > 1:  # one seed at the last epoch has no spread
+        spread = f" ± {np.nanstd(values[:, last], ddof=1):{fmt}}"
+    if v.diverged:
+        head = f"{v.label}: {gone}, last good epoch {mean[last]:{fmt}}{unit}"
+    else:
+        head = f"{v.label}: final {mean[last]:{fmt}}{spread}{unit}"
+        head += f" ({gone}; not drawn)" if gone else ""
+    return f"{head}, best {mean[best]:{fmt}}{unit} at epoch {best + 1}", best
+
+
+def draw_variant(ax: Axes, stored: StoredVariant, column: str, color: str) -> np.ndarray:
+    """One variant's mean curve (with a min-max band over seeds) and its best epoch's star;
+    returns the mean curve."""
+    # Diverged seeds are drawn only for a variant that has nothing else, so that the curve,
+    # its best epoch and the report's table are computed from the same seeds.
+    v = stored if stored.diverged else stored.finished()
+    values = v.metrics[column]
+    epochs = np.arange(1, values.shape[1] + 1)
+    mean = v.mean(column)
+    if values.shape[0] > 1:
+        ax.fill_between(
+            epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.18, lw=0
+        )
+    if np.isnan(mean).all():
+        return mean
+    label, best = legend_label(v, stored.divergence(), column, mean)
+    ls = "--" if v.diverged else "-"
+    ax.plot(epochs, mean, color=color, lw=2, marker="o", ms=3, ls=ls, label=label)
+    ax.plot(best + 1, mean[best], marker="*", ms=16, color=color, mec="black", mew=0.8, zorder=5)
+    return mean
+
+
+def scale_y(ax: Axes, study: StoredStudy, is_acc: bool, means: list[np.ndarray]) -> str:
+    """Accuracy zoomed to where the variants differ (from 5 epochs on), loss on a log scale
+    with plain tick labels; returns a note for the title when early epochs fall below."""
     from matplotlib.ticker import FuncFormatter
 
-    plt = pyplot()
-
-    column, title, ylabel = METRICS[name]
-    is_acc = column.endswith("acc")
-    fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
-    means = []
-    for i, stored in enumerate(study.variants):
-        color = COLORS[i % len(COLORS)]
-        # Diverged seeds are drawn only for a variant that has nothing else, so that the curve,
-        # its best epoch and the report's table are computed from the same seeds.
-        v = stored if stored.diverged else stored.finished()
-        gone = stored.divergence()
-        values = v.metrics[column]
-        epochs = np.arange(1, values.shape[1] + 1)
-        mean = v.mean(column)
-        means.append(mean)
-        if values.shape[0] > 1:
-            ax.fill_between(
-                epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.18, lw=0
-            )
-        finite = ~np.isnan(mean)
-        if not finite.any():
-            continue
-        last = np.flatnonzero(finite)[-1]
-        best = int(np.nanargmax(mean) if is_acc else np.nanargmin(mean))
-        unit = "%" if is_acc else ""
-        fmt = ".2f" if is_acc else ".4f"
-        spread = ""
-        if np.sum(~np.isnan(values[:, last])) > 1:  # one seed at the last epoch has no spread
-            spread = f" ± {np.nanstd(values[:, last], ddof=1):{fmt}}"
-        if v.diverged:
-            head = f"{v.label}: {gone}, last good epoch {mean[last]:{fmt}}{unit}"
-        else:
-            head = f"{v.label}: final {mean[last]:{fmt}}{spread}{unit}"
-            head += f" ({gone}; not drawn)" if gone else ""
-        ax.plot(
-            epochs,
-            mean,
-            color=color,
-            lw=2,
-            marker="o",
-            ms=3,
-            ls="--" if v.diverged else "-",
-            label=f"{head}, best {mean[best]:{fmt}}{unit} at epoch {best + 1}",
-        )
-        ax.plot(
-            best + 1, mean[best], marker="*", ms=16, color=color, mec="black", mew=0.8, zorder=5
-        )
-    ax.plot(
-        [],
-        [],
-        ls="none",
-        marker="*",
-        ms=12,
-        color="white",
-        mec="black",
-        label="best epoch of each variant",
-    )
-    if study.seed_count > 1:
-        ax.fill_between(
-            [], [], [], color="grey", alpha=0.25, label="min-max over seeds (line: mean)"
-        )
-    note = ""
     if is_acc and study.epochs >= 5:
         lo, hi = _zoomed_range(means, study.epochs)
         ax.set_ylim(lo, hi)
-        below = [m for m in means if np.nanmin(m) < lo]
-        if below:
-            note = (
+        if any(np.nanmin(m) < lo for m in means):
+            return (
                 f"\ny-axis zoomed to where the variants differ: earlier epochs lie below {lo:.1f}%"
             )
     elif not is_acc:
@@ -121,6 +104,24 @@ def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
         ax.tick_params(axis="y", which="minor", labelsize=7)
+    return ""
+
+
+def plot_metric(study: StoredStudy, name: str, path: Path) -> list[Path]:
+    """One metric of every variant on one axes, written as PNG and SVG; returns the paths."""
+    column, title, ylabel = METRICS[name]
+    is_acc = column.endswith("acc")
+    fig, ax = pyplot().subplots(figsize=(8.5, 5.2), layout="constrained")
+    means = [
+        draw_variant(ax, v, column, COLORS[i % len(COLORS)]) for i, v in enumerate(study.variants)
+    ]
+    star = {"marker": "*", "ms": 12, "color": "white", "mec": "black"}
+    ax.plot([], [], ls="none", **star, label="best epoch of each variant")
+    if study.seed_count > 1:
+        ax.fill_between(
+            [], [], [], color="grey", alpha=0.25, label="min-max over seeds (line: mean)"
+        )
+    note = scale_y(ax, study, is_acc, means)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, study.epochs + 0.5)

@@ -26,9 +26,11 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = sps.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values)
-    half /= math.sqrt(len(values))
-    return mean, float(mean - half), float(mean + half)
+    # The standard t's interval, scaled by the standard error: scipy's own loc/scale form
+    # returns nan for a zero scale, and identical seeds have an interval, of width 0.
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    lo, hi = sps.t.interval(level, len(values) - 1)
+    return mean, float(mean + sem * lo), float(mean + sem * hi)
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,8 @@ def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[floa
     """
     if total < 1:
         return math.nan, math.nan
-    z = sps.norm.ppf(0.5 + level / 2)
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return float(100 * (centre - half)), float(100 * (centre + half))
+    ci = sps.binomtest(correct, total).proportion_ci(confidence_level=level, method="wilson")
+    return float(100 * ci.low), float(100 * ci.high)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> PairTest:
@@ -103,7 +102,11 @@ def seeds_test(acc_a: Sequence[float], acc_b: Sequence[float]) -> PairTest:
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment: comparing every pair of variants makes several tests, and
-    without a correction one of them is "significant" by chance far more often than 5%."""
+    without a correction one of them is "significant" by chance far more often than 5%.
+
+    Written out because scipy has no Holm step-down (`scipy.stats.false_discovery_control` is
+    Benjamini-Hochberg/Yekutieli, which controls a different error rate); nan p-values (tests
+    with no spread) stay nan and do not count as tests made."""
     order = sorted(range(len(pvalues)), key=lambda i: (math.isnan(pvalues[i]), pvalues[i]))
     adjusted = [math.nan] * len(pvalues)
     running = 0.0

@@ -22,17 +22,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats as sps
 
 from normlab.config import RunSpec
 from normlab.core.records import EpochMetrics, RunResult
 from normlab.errors import NormlabError
-from normlab.report.stats import mean_ci
 from normlab.store.atomic import write_atomic
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
@@ -177,11 +178,16 @@ def summarize(out: Path, runs: list[RunSpec]) -> dict:
         for key in ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "seconds"):
             values = [r[key] for r in done if key in r]
             if values:
-                entry[key] = round(statistics.fmean(values), 4)
+                m = statistics.fmean(values)
+                entry[key] = round(m, 4)
                 if len(values) > 1 and key.endswith("acc"):
-                    _, lo, hi = mean_ci(values)
-                    entry[key + "_std"] = round(statistics.stdev(values), 4)
-                    entry[key + "_ci95"] = [round(lo, 4), round(hi, 4)]
+                    # the standard t's 95% interval scaled by the standard error (scipy's
+                    # loc/scale form gives nan for identical seeds; this gives width 0)
+                    sd = statistics.stdev(values)
+                    sem = sd / math.sqrt(len(values))
+                    t95 = sps.t.interval(0.95, len(values) - 1)
+                    entry[key + "_std"] = round(sd, 4)
+                    entry[key + "_ci95"] = [round(float(m + sem * t), 4) for t in t95]
         entry["status"] = "diverged" if any(r["status"] == "diverged" for r in done) else "finished"
         entry["seeds"] = done
         out_groups.append(entry)
