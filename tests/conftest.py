@@ -1,13 +1,33 @@
-"""Shared fixtures: where the real data lives, and small real subsets of it."""
+"""Shared fixtures and helpers: where the real data lives, small real subsets of it, and the
+real `normlab` command in a fresh process, as a user runs it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI test: this checkout's source, one thread (the suite runs
+    beside other work), and a terminal wide enough that help and tables do not wrap."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def normlab_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "normlab", *map(str, args)]
+
+
+def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`normlab ARGS` in a fresh process; its output as text."""
+    return subprocess.run(
+        normlab_cmd(*args), env=cli_env(), capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def shared_data_dir() -> Path:

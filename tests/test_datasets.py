@@ -20,7 +20,7 @@ from normlab.data import load_dataset
 from normlab.data.imagefolder import cache_dir
 from normlab.errors import NormlabError
 from normlab.run.study import run_study
-from tests.test_cli import normlab
+from tests.conftest import run_cli as normlab
 
 
 def write_image(path: Path, seed: int, mode: str, size: int) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ from normlab.errors import NormlabError
 from normlab.report.explain import example_tensor, explain, parse_values
 from normlab.report.gallery import confident_mistakes, confusion
 from normlab.report.stats import holm, mcnemar_exact, seeds_test, wilson_interval
+from tests.conftest import REPO
+from tests.conftest import run_cli as normlab
 
-REPO = Path(__file__).resolve().parents[1]
 CURVES = ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
 VARIANTS = ("gn", "bn+l1")
 
@@ -120,13 +120,6 @@ def test_confident_mistakes_and_confusion() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # a real run on a small real subset
-
-
-def normlab(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(
-        [sys.executable, "-m", "normlab", *args], capture_output=True, text=True, env=env
-    )
 
 
 def expected_figures() -> list[str]:
@@ -381,7 +374,7 @@ def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
     table = run_blocks(read_study(sweep))[0]
     optimizer = dict(table.rows)["optimizer"]
     assert "batch size at peak lr: 2 at 0.00625, 4 at 0.0125" in optimizer
-    assert "128" not in optimizer  # the SweepConfig default, which no run used
+    assert "128" not in optimizer  # the old sweep form's unused train.batch_size
 
 
 def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:

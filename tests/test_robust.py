@@ -28,24 +28,9 @@ from normlab.data import MNIST_FILES
 from normlab.errors import NormlabError
 from normlab.run.study import prepare_folder
 from normlab.store.results import load_state_dict, read_json, read_metrics, read_predictions
+from tests.conftest import REPO, cli_env, normlab_cmd, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--limit-train", "512", "--limit-test", "256", "--device", "cpu"]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-
-
-def normlab_cmd(*args: object) -> list[str]:
-    return [sys.executable, "-m", "normlab", *map(str, args)]
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    """The real entry point in a fresh process, as a user runs it."""
-    return subprocess.run(
-        normlab_cmd(*args), env=cli_env(), capture_output=True, text=True, timeout=600
-    )
 
 
 def main_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
@@ -227,11 +212,11 @@ def test_fresh_recovers_from_a_damaged_study_json(tmp_path: Path, damage: bytes)
 
 @pytest.mark.slow
 def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path: Path):
-    """At a peak learning rate of 20 the network without normalization overflows, while
+    """At a peak learning rate of 100 the network without normalization overflows, while
     GroupNorm's scale invariance keeps its loss finite. The diverged run keeps the metrics of
     its good epochs and no model.pt or predictions.npz (its weights are NaN)."""
     out = tmp_path / "study"
-    args = ["run", "--data-dir", mnist_dir, "--variants", "none,gn", "--lr", "20"]
+    args = ["run", "--data-dir", mnist_dir, "--variants", "none,gn", "--lr", "100"]
     result = run_cli(*args, "--epochs", "2", *SMALL, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "diverged" in result.stdout

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from normlab.config import RunSpec, TrainOptions, Variant, parse_variant
+from normlab.config import RunSpec, StudyConfig, TrainOptions, Variant, parse_variant
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.report import sweep_figures
@@ -33,7 +33,7 @@ from normlab.run.executors import (
 from normlab.run.progress import Reporter
 from normlab.run.study import load_study_data, run_study
 from normlab.store.results import read_json, read_metrics, read_predictions
-from normlab.studyfile import SweepConfig, load_sweep, parse_sweep, presets
+from normlab.studyfile import load_study, parse_study, presets
 
 TINY = {
     "dataset": "mnist",
@@ -56,7 +56,7 @@ def tiny(data_dir: Path, **changes: object) -> dict:
 
 def test_presets_expand_to_the_runs_the_issue_names() -> None:
     assert {"assignment", "l1-l2-grid", "batch-size"} <= set(presets())
-    grid = load_sweep("l1-l2-grid")
+    grid = load_study("l1-l2-grid")
     runs = grid.runs()
     assert len(runs) == 15
     bn = {(r.variant.l1, r.variant.l2) for r in runs if r.variant.norm == "bn"}
@@ -65,13 +65,13 @@ def test_presets_expand_to_the_runs_the_issue_names() -> None:
         cells = {(r.variant.l1, r.variant.l2) for r in runs if r.variant.norm == norm}
         assert cells == {(0.0, b) for b in (0, 1e-3, 2e-3)}
     assert len({r.path for r in runs}) == 15
-    assignment = load_sweep("assignment")
+    assignment = load_study("assignment")
     assert [r.path for r in assignment.runs()] == ["gn/seed0", "ln/seed0", "bn+l1/seed0"]
     assert assignment.train.epochs == 20
 
 
 def test_batch_size_preset_scales_lr_and_sees_the_same_images() -> None:
-    config = load_sweep("batch-size")
+    config = load_study("batch-size")
     runs = config.runs()
     assert {r.variant.norm for r in runs} == {"bn", "gn", "ln", "in"}
     assert min(r.train.batch_size for r in runs) == 2
@@ -86,11 +86,11 @@ def test_batch_size_preset_scales_lr_and_sees_the_same_images() -> None:
 def test_overrides_replace_file_values_and_grid(tmp_path: Path) -> None:
     f = tmp_path / "s.yaml"
     f.write_text("grid: {norm: [bn, gn], l1: [0, 1e-3]}\nepochs: 3\nlr: [0.1, 0.2]\n")
-    config = load_sweep(str(f))
+    config = load_study(str(f))
     assert len(config.runs()) == 8
     assert config.runs()[1].path == "bn/lr0.2/seed0"
     assert config.variants[1] == parse_variant("bn+l1=1e-3")  # '1e-3' is text to YAML
-    changed = load_sweep(str(f), {"variants": "ln", "epochs": 5, "batch_size": "8,16", "lr": None})
+    changed = load_study(str(f), {"variants": "ln", "epochs": 5, "batch_size": "8,16", "lr": None})
     assert [r.path for r in changed.runs()] == [
         "ln/bs8-lr0.1/seed0",
         "ln/bs8-lr0.2/seed0",
@@ -128,22 +128,22 @@ def test_overrides_replace_file_values_and_grid(tmp_path: Path) -> None:
 )
 def test_bad_study_files_are_refused_clearly(raw: dict, message: str) -> None:
     with pytest.raises(NormlabError, match=message.replace("(", r"\(")):
-        parse_sweep({"name": "x", **raw})
+        parse_study({"name": "x", **raw})
 
 
-def test_load_sweep_names_the_file_and_refuses_non_mappings(tmp_path: Path) -> None:
+def test_load_study_names_the_file_and_refuses_non_mappings(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text("- gn\n- ln\n")
     with pytest.raises(NormlabError, match=r"bad.yaml must be a mapping"):
-        load_sweep(str(f))
+        load_study(str(f))
     f.write_text("variants: [gn\n")
     with pytest.raises(NormlabError, match=r"bad.yaml is not valid YAML at line"):
-        load_sweep(str(f))
+        load_study(str(f))
     f.write_text("variants: [gn]\nepochs: -1\n")
     with pytest.raises(NormlabError, match=r"bad.yaml: epochs must be"):
-        load_sweep(str(f))
+        load_study(str(f))
     with pytest.raises(NormlabError, match="neither a study file nor a preset"):
-        load_sweep(str(tmp_path / "missing.yaml"))
+        load_study(str(tmp_path / "missing.yaml"))
 
 
 def test_cli_reports_a_bad_study_file_on_one_line(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_make_executor_refuses_contradictions() -> None:
 
 @pytest.mark.slow
 def test_sweep_writes_runs_aggregates_seeds_and_resumes(tmp_path: Path, mnist_dir: Path) -> None:
-    config = parse_sweep(tiny(mnist_dir, variants=["gn"], batch_size=[16, 32], seeds=2))
+    config = parse_study(tiny(mnist_dir, variants=["gn"], batch_size=[16, 32], seeds=2))
     out = tmp_path / "s"
     summary = run_study(config, out)
     assert [g["name"] for g in summary["variants"]] == ["gn/bs16", "gn/bs32"]
@@ -205,14 +205,14 @@ def test_sweep_writes_runs_aggregates_seeds_and_resumes(tmp_path: Path, mnist_di
     assert (out / "gn/bs32/seed0/model.pt").stat().st_mtime_ns == before
     np.testing.assert_array_equal(read_predictions(redo)["pred"], old_pred["pred"])
 
-    changed = parse_sweep(tiny(mnist_dir, variants=["gn"], batch_size=[16, 32], seeds=3))
+    changed = parse_study(tiny(mnist_dir, variants=["gn"], batch_size=[16, 32], seeds=3))
     with pytest.raises(NormlabError, match="differs in: seeds"):
         run_study(changed, out)
 
 
 @pytest.mark.slow
 def test_pool_executor_matches_local(tmp_path: Path, mnist_dir: Path) -> None:
-    config = parse_sweep(tiny(mnist_dir, variants=["bn", "ln"]))
+    config = parse_study(tiny(mnist_dir, variants=["bn", "ln"]))
     pool = PoolExecutor(2)
     # Identical numbers need identical reduction orders: the local run gets the thread count
     # each pool worker gets (cores // workers), whatever machine the test runs on.
@@ -235,7 +235,7 @@ def test_tensorboard_events_read_back(tmp_path: Path, mnist_dir: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = parse_sweep(tiny(mnist_dir, variants=["bn+l1"]))
+    config = parse_study(tiny(mnist_dir, variants=["bn+l1"]))
     out = tmp_path / "tb"
     run_study(config, out, tensorboard=True)
     run_folder = out / "bn+l1/seed0"
@@ -263,17 +263,16 @@ def test_tensorboard_events_read_back(tmp_path: Path, mnist_dir: Path) -> None:
 
 
 def test_study_file_chooses_the_network_and_compile() -> None:
-    config = parse_sweep({"name": "x", "variants": ["gn"], "model": "cifar", "compile": True})
+    config = parse_study({"name": "x", "variants": ["gn"], "model": "cifar", "compile": True})
     assert config.train.model == "cifar" and config.train.compile is True
     assert all(r.train.model == "cifar" for r in config.runs())
 
 
 def test_close_learning_rates_get_folders_of_their_own() -> None:
-    config = parse_sweep({"name": "x", "variants": ["gn"], "lr": [0.1, 0.1000001]})
+    config = parse_study({"name": "x", "variants": ["gn"], "lr": [0.1, 0.1000001]})
     assert [r.path for r in config.runs()] == ["gn/lr0.1/seed0", "gn/lr0.1000001/seed0"]
-    twice = SweepConfig("x", (parse_variant("gn"), parse_variant("gn")), (32,), (0.1,))
     with pytest.raises(NormlabError, match="share the folder 'gn/seed0'"):
-        twice.runs()
+        StudyConfig(variants=(parse_variant("gn"), parse_variant("gn")), batch_sizes=(32,))
 
 
 @pytest.mark.parametrize(
@@ -443,7 +442,7 @@ class Recorder(Reporter):
 
 @pytest.mark.slow
 def test_pool_writes_the_other_runs_when_one_fails(mnist_dir: Path) -> None:
-    config = parse_sweep(tiny(mnist_dir, variants=["gn", "ln"], epochs=1, limit_train=64))
+    config = parse_study(tiny(mnist_dir, variants=["gn", "ln"], epochs=1, limit_train=64))
     data = load_study_data(config, torch.device("cpu"))
     good = config.runs()
     # Five poolings take 28 pixels to 0: the forward pass raises inside the worker.

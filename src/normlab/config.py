@@ -1,37 +1,50 @@
-"""Variants and the study configuration, validated once before any work starts.
+"""One study configuration, validated once before any work starts.
 
 A *variant* is a norm plus regularizers, written like `gn`, `bn+l1`, `gn+l2` or `bn+l1+l2`;
-a regularizer may carry its own strength, `bn+l1=5e-5`. The study configuration holds every
-setting a run depends on and is stored with the results, so a result is never separated from
-the settings that produced it.
+a regularizer may carry its own strength, `bn+l1=5e-5`. A *study* is variants x batch sizes x
+learning rates x seeds, all trained with the same `TrainOptions`; `normlab run` is the study of
+one batch size and one learning rate. CLI flags, study files, presets and the notebook all
+build this one `StudyConfig`, and it is stored with the results, so a result is never
+separated from the settings that produced it.
+
+Validation is pydantic's (see `validation`), so one mechanism serves every source; its errors
+become a `ConfigError` naming the setting the way the user wrote it: `epochs` in a study file,
+`--epochs` on the command line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from normlab.core.augment import parse_augment
+from normlab.core.models import ARCHS, check_network, parse_arch
 from normlab.core.norms import NORMS
+from normlab.data.named import INPUT_SHAPES
 from normlab.errors import NormlabError
+from normlab.validation import (
+    FILE_KEYS,
+    STRICT,
+    Axis,
+    ConfigError,
+    Count,
+    Rate,
+    Strength,
+    Validated,
+)
 
 DEFAULT_L1 = 1e-5  # lambda for the L1 penalty lambda * sum|w| added to the loss
 DEFAULT_L2 = 1e-4  # SGD weight decay
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def is_number(value: object) -> bool:
-    """A real number as a setting: int or float, but not bool (YAML's `yes` is not 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_count(value: object) -> bool:
-    """A positive int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "bf16", "fp32"]
+DEVICES: tuple[str, ...] = get_args(Device)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def spell_strength(value: float) -> str:
@@ -42,24 +55,20 @@ def spell_strength(value: float) -> str:
     return short if float(short) == value else repr(float(value))
 
 
-@dataclass(frozen=True)
-class Variant:
+@dataclass(frozen=True, config=STRICT)
+class Variant(Validated):
     """A norm and the strengths of its regularizers (0 = off)."""
 
     norm: str
-    l1: float = 0.0
-    l2: float = 0.0
+    l1: Strength = 0.0
+    l2: Strength = 0.0
 
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise NormlabError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
-        for reg in ("l1", "l2"):
-            value = getattr(self, reg)
-            if not is_number(value) or not 0 <= value < math.inf:
-                raise NormlabError(
-                    f"variant {self.norm!r}: {reg} strength must be a non-negative finite "
-                    f"number, got {value!r}"
-                )
+    @field_validator("norm")
+    @classmethod
+    def _known(cls, norm: str) -> str:
+        if norm not in NORMS:
+            raise NormlabError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        return norm
 
     @property
     def name(self) -> str:
@@ -112,45 +121,51 @@ def parse_variants(text: str, l1: float = DEFAULT_L1, l2: float = DEFAULT_L2) ->
     return variants
 
 
-@dataclass(frozen=True)
-class TrainOptions:
+def variant_from(value: object) -> Variant:
+    """A variant from its name (`bn+l1`), its stored form ({"name", "norm", "l1", "l2"}; the
+    name is derived, so it is dropped) or a Variant."""
+    if isinstance(value, Variant):
+        return value
+    if isinstance(value, str):
+        return parse_variant(value)
+    if not isinstance(value, dict) or "norm" not in value:
+        raise NormlabError(f"a variant must be a name such as 'bn+l1', got {value!r}")
+    return Variant(**{k: v for k, v in value.items() if k != "name"})
+
+
+@dataclass(frozen=True, config=STRICT)
+class TrainOptions(Validated):
     """Everything about one training run except the variant and the seed."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    groups: int | None = None
-    precision: str = "auto"
+    epochs: Count = 20
+    batch_size: Count = 128
+    lr: Rate = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    groups: Count | None = None
+    precision: Precision = "auto"
     augment: str = "auto"
-    eval_batch_size: int = 1000  # this default means by device (train.eval_batch_size)
+    eval_batch_size: Count = 1000  # this default means by device (core.device.eval_batch_size)
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not is_count(value):
-                flag = name.replace("_", "-")
-                raise NormlabError(f"--{flag} must be a positive integer, got {value!r}")
-        if not is_number(self.lr) or not 0 < self.lr < math.inf:
-            raise NormlabError(f"--lr must be a positive finite number, got {self.lr!r}")
-        if not is_number(self.momentum) or not 0 <= self.momentum < 1:
-            raise NormlabError(f"--momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.groups is not None and not is_count(self.groups):
-            raise NormlabError(f"--groups must be a positive integer, got {self.groups!r}")
-        if self.augment != "auto":
-            parse_augment(self.augment)  # raises on an unknown step, before any work starts
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise NormlabError(
-                f"--model must be auto, a network name or a spec string, got {self.model!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise NormlabError(
-                f"--precision {self.precision!r} unknown; choose one of {', '.join(PRECISIONS)}"
-            )
-        if not isinstance(self.compile, bool):
-            raise NormlabError(f"compile must be true or false, got {self.compile!r}")
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, augment: str) -> str:
+        if augment != "auto":
+            parse_augment(augment)  # raises on an unknown step, before any work starts
+        return augment
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, model: str) -> str:
+        if not model.strip():
+            raise ConfigError("model", " must be auto, a network name or a spec string")
+        if model != "auto":
+            parse_arch(ARCHS.get(model, model))  # a misspelt spec fails now, not mid-study
+        return model
+
+
+TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions) if f.name not in ("batch_size", "lr"))
 
 
 @dataclass(frozen=True)
@@ -176,100 +191,137 @@ class RunSpec:
         return {
             "path": self.path,
             "group": self.group,
-            "variant": {"name": self.variant.name, **dataclasses.asdict(self.variant)},
+            "variant": {"name": self.variant.name, **asdict(self.variant)},
             "seed": self.seed,
-            "train": dataclasses.asdict(self.train),
+            "train": asdict(self.train),
         }
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """A whole study: which data, which variants, how many seeds, how to train each run."""
+def default_variants() -> tuple[Variant, ...]:
+    return tuple(parse_variant(v) for v in DEFAULT_VARIANTS)
+
+
+@dataclass(frozen=True, config=STRICT)
+class StudyConfig(Validated):
+    """A whole study: which data, which variants, how many seeds, the grid of batch sizes and
+    learning rates, and how to train each run. `train.batch_size` and `train.lr` are the first
+    grid point, the whole grid for `normlab run`; without axes, `train`'s values are the grid."""
 
     dataset: str = "mnist"
-    data_dir: Path = Path("data")
-    variants: tuple[Variant, ...] = field(
-        default_factory=lambda: tuple(parse_variant(v) for v in DEFAULT_VARIANTS)
+    data_dir: Annotated[Path, Field(strict=False)] = Path("data")
+    variants: Annotated[tuple[Variant, ...], Field(strict=False)] = Field(
+        default_factory=default_variants
     )
-    seeds: int = 1
-    train: TrainOptions = field(default_factory=TrainOptions)
-    limit_train: int | None = None
-    limit_test: int | None = None
-    device: str = "auto"
+    seeds: Count = 1
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    batch_sizes: Annotated[tuple[Count, ...], Axis] | None = None
+    lrs: Annotated[tuple[Rate, ...], Axis] | None = None
+    lr_reference_batch: Count | None = None
+    limit_train: Count | None = None
+    limit_test: Count | None = None
+    device: Device = "auto"
+    name: str = "study"
+    description: str = ""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise NormlabError(f"--dataset must be a name or a folder, got {self.dataset!r}")
-        if not isinstance(self.data_dir, (str, Path)):
-            raise NormlabError(f"--data-dir must be a folder, got {self.data_dir!r}")
-        object.__setattr__(self, "data_dir", Path(self.data_dir))  # frozen: coerce str once
-        if not isinstance(self.train, TrainOptions):
-            raise NormlabError(f"train options must be TrainOptions, got {self.train!r}")
-        if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
-            raise NormlabError(f"variants must be a non-empty list, got {self.variants!r}")
-        names = [v.name for v in self.variants]
-        if len(set(names)) < len(names):
-            raise NormlabError(f"a variant is listed twice in {names}; list each variant once")
-        if not is_count(self.seeds):
-            raise NormlabError(f"--seeds must be a positive integer, got {self.seeds!r}")
-        for name in ("limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and not is_count(value):
-                flag = name.replace("_", "-")
-                raise NormlabError(f"--{flag} must be a positive integer, got {value!r}")
-        if self.device not in DEVICES:
-            raise NormlabError(
-                f"--device {self.device!r} unknown; choose one of {', '.join(DEVICES)}"
-            )
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants(cls, value: object) -> tuple[Variant, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError("variants", f" must be a non-empty list, got {value!r}")
+        return tuple(variant_from(v) for v in value)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train(cls, value: object) -> TrainOptions:
+        if isinstance(value, dict):
+            return TrainOptions(**value)
+        return value  # type: ignore[return-value]
+
+    @field_validator("batch_sizes", "lrs")
+    @classmethod
+    def _distinct(cls, axis: tuple | None, info: Any) -> tuple | None:
+        if axis is not None and len(set(axis)) < len(axis):
+            key = FILE_KEYS[info.field_name]
+            raise ConfigError(key, f" must list distinct values, got {list(axis)!r}")
+        return axis
+
+    @model_validator(mode="after")
+    def _grid(self) -> StudyConfig:
+        """The axes and `train` agree (the axes win: they are what runs), and no two runs
+        share a folder."""
+        sizes = self.batch_sizes or (self.train.batch_size,)
+        lrs = self.lrs or (self.train.lr,)
+        object.__setattr__(self, "batch_sizes", sizes)
+        object.__setattr__(self, "lrs", lrs)
+        train = replace(self.train, batch_size=sizes[0], lr=lrs[0])
+        object.__setattr__(self, "train", train)
+        self.runs()
+        return self
+
+    def lr_for(self, lr: float, batch_size: int) -> float:
+        """The learning rate a run uses: scaled linearly with its batch size when a reference
+        batch is set (Goyal et al. 2017), so small batches do not take huge noisy steps."""
+        if self.lr_reference_batch is None:
+            return lr
+        return lr * batch_size / self.lr_reference_batch
 
     def runs(self) -> list[RunSpec]:
-        """Every variant x every seed, all with the same options, in `variant/seed<k>`."""
-        return [
-            RunSpec(v, seed, self.train, f"{v.name}/seed{seed}")
-            for v in self.variants
-            for seed in range(self.seeds)
-        ]
+        """Every variant x batch size x learning rate x seed, each in a folder of its own:
+        `bn+l1/seed0`, `bn/bs32/seed0`, `bn/bs32-lr0.1/seed0` (only what varies is named).
+
+        Learning rates are spelled like strengths (exactly, so 0.1 and 0.1000001 never share
+        `lr0.1`); two runs that would still share a folder are refused before any work starts.
+        """
+        sizes, lrs = self.batch_sizes or (self.train.batch_size,), self.lrs or (self.train.lr,)
+        runs = []
+        for v, bs, lr, seed in itertools.product(self.variants, sizes, lrs, range(self.seeds)):
+            parts = [f"bs{bs}"] if len(sizes) > 1 else []
+            parts += [f"lr{spell_strength(lr)}"] if len(lrs) > 1 else []
+            middle = "-".join(parts) + "/" if parts else ""
+            opts = replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs))
+            runs.append(RunSpec(v, seed, opts, f"{v.name}/{middle}seed{seed}"))
+        paths = [r.path for r in runs]
+        if len(set(paths)) < len(paths):
+            twice = next(p for p in paths if paths.count(p) > 1)
+            raise NormlabError(
+                f"two runs would share the folder {twice!r}; make their settings differ"
+            )
+        return runs
+
+    def check_network(
+        self, input_shape: tuple[int, int, int] | None = None, train_size: int | None = None
+    ) -> None:
+        """Build every variant's network and push a dummy batch through it, so that a spec
+        that does not fit the images, a group count that does not divide a width, or a batch
+        of one reaching BatchNorm fails before a run starts. Called when the configuration is
+        read (with the named dataset's known shape) and again once the data is loaded (an
+        image folder's shape and the training split's size are known only then)."""
+        shape = input_shape or INPUT_SHAPES.get(self.dataset)
+        limits = [n for n in (self.limit_train, train_size) if n is not None]
+        batch = min(*(self.batch_sizes or ()), self.train.batch_size, *limits)
+        norms = (v.norm for v in self.variants)
+        check_network(self.train.model, shape, norms, self.train.groups, batch)
 
     def to_dict(self) -> dict:
-        """JSON-ready form, stored as study.json."""
-        d = dataclasses.asdict(self)
+        """JSON-ready form, stored as study.json's `config`."""
+        d = asdict(self)
         d["data_dir"] = str(self.data_dir)
-        d["variants"] = [{"name": v.name, **dataclasses.asdict(v)} for v in self.variants]
+        d["variants"] = [{"name": v.name, **asdict(v)} for v in self.variants]
+        d["batch_sizes"], d["lrs"] = list(d["batch_sizes"]), list(d["lrs"])
         return d
 
+    def settings(self) -> dict:
+        """What results depend on: `to_dict` without the name and description (a study
+        renamed, or written before studies had names, is still the same study)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("name", "description")}
+
     @classmethod
-    def from_dict(cls, d: dict) -> StudyConfig:
-        """Inverse of `to_dict` (extra top-level keys such as versions are ignored). Anything
-        malformed, as in a hand-edited study.json, is a NormlabError, never a TypeError."""
+    def from_dict(cls, d: object) -> StudyConfig:
+        """Inverse of `to_dict`; also reads the forms older versions stored (without grid
+        axes, or without train options added since, which take their defaults: what those
+        versions ran with). Anything malformed is a NormlabError, never a TypeError."""
         if not isinstance(d, dict):
             raise NormlabError(f"a study configuration must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["data_dir"] = kw.get("data_dir", "data")
-        kw["variants"] = tuple(variant_from(v) for v in _as_list(kw.get("variants", [])))
-        train = kw.get("train", {})
-        if not isinstance(train, dict):
-            raise NormlabError(f"train options must be a mapping, got {train!r}")
-        unknown = sorted(set(train) - {f.name for f in dataclasses.fields(TrainOptions)})
-        if unknown:
-            raise NormlabError(f"unknown train option(s): {', '.join(map(str, unknown))}")
-        kw["train"] = TrainOptions(**train)
-        return cls(**kw)
-
-
-def _as_list(value: object) -> list:
-    if not isinstance(value, (list, tuple)):
-        raise NormlabError(f"variants must be a list, got {value!r}")
-    return list(value)
-
-
-def variant_from(value: object) -> Variant:
-    """A variant from its name (`bn+l1`) or its stored form ({"norm", "l1", "l2"})."""
-    if isinstance(value, str):
-        return parse_variant(value)
-    if not isinstance(value, dict) or "norm" not in value:
-        raise NormlabError(f"a variant must be a name such as 'bn+l1', got {value!r}")
-    unknown = sorted(set(value) - {"name", "norm", "l1", "l2"})
-    if unknown:
-        raise NormlabError(f"unknown variant key(s): {', '.join(map(str, unknown))}")
-    return Variant(value["norm"], value.get("l1", 0.0), value.get("l2", 0.0))
+        if not isinstance(d.get("train", {}), dict):
+            raise ConfigError("train", f" options must be a mapping, got {d['train']!r}")
+        return cls(**d)

@@ -34,5 +34,3 @@ def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
         f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}, or give the path of an "
         "image folder with train/<class>/ and test/<class>/ (or a .tar.gz of one)"
     )
-
-

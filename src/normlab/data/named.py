@@ -109,5 +109,3 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "fashion-mnist": (1, 28, 28),
     "cifar10": (3, 32, 32),
 }
-
-

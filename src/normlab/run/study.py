@@ -9,20 +9,17 @@ its last epoch's checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import shutil
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 import normlab
-from normlab.config import RunSpec, TrainOptions
+from normlab.config import RunSpec, StudyConfig
 from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
-from normlab.core.models import check_network
 from normlab.core.records import RunResult
 from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
@@ -30,21 +27,6 @@ from normlab.run.executors import Executor, Job, LocalExecutor
 from normlab.run.progress import Reporter
 from normlab.store.atomic import clean_tmp
 from normlab.store.results import finished, read_json, summarize, write_json, write_run
-
-
-class Plan(Protocol):
-    """What the runner needs of a study configuration (`StudyConfig` or `SweepConfig`)."""
-
-    dataset: str
-    data_dir: Path
-    limit_train: int | None
-    limit_test: int | None
-    device: str
-    train: TrainOptions
-
-    def runs(self) -> list[RunSpec]: ...
-
-    def to_dict(self) -> dict: ...
 
 
 def environment(device: torch.device, bf16: bool) -> dict:
@@ -61,7 +43,7 @@ def environment(device: torch.device, bf16: bool) -> dict:
     }
 
 
-def read_study(study_file: Path) -> dict | None:
+def stored_study(study_file: Path) -> dict | None:
     """An existing study.json holding a configuration, or None when it is unreadable or holds
     none (damaged by hand or by a tool): --fresh must still be able to clear such a folder."""
     try:
@@ -72,18 +54,20 @@ def read_study(study_file: Path) -> dict | None:
     return stored if ok else None
 
 
-def upgraded(stored: dict) -> dict:
-    """A stored configuration as this version writes it: train options added since it was
-    written (such as `compile`) take their defaults, which is what the older version ran with,
-    so older folders (docs/results/cifar10) still resume. Works for run and sweep configs
-    alike, since both store `train` as TrainOptions' fields; a changed value still differs."""
-    train = stored.get("train")
-    if not isinstance(train, dict):
-        return stored
-    return {**stored, "train": {**dataclasses.asdict(TrainOptions()), **train}}
+def differences(stored: dict, config: StudyConfig) -> list[str]:
+    """The settings in which a stored configuration differs from `config`. Stored forms of
+    older versions are read as this version reads them (`StudyConfig.from_dict`), so a folder
+    written before a setting existed still resumes; one this version cannot read at all
+    differs in everything."""
+    try:
+        old = StudyConfig.from_dict(stored).settings()
+    except NormlabError:
+        return ["everything (this version cannot read it)"]
+    new = config.settings()
+    return sorted(k for k in new if old.get(k) != new[k])
 
 
-def prepare_folder(out: Path, config: Plan, fresh: bool) -> str | None:
+def prepare_folder(out: Path, config: StudyConfig, fresh: bool) -> str | None:
     """Refuse to mix two different studies in one folder; `fresh` clears an old one.
 
     Runs before the data loads, so an unusable --out fails at once; temporary files left by a
@@ -100,7 +84,7 @@ def prepare_folder(out: Path, config: Plan, fresh: bool) -> str | None:
     study_file = out / "study.json"
     if not study_file.exists():
         return None
-    stored = read_study(study_file)
+    stored = stored_study(study_file)
     if fresh:
         return discard_study(out, config, stored)
     if stored is None:
@@ -108,9 +92,8 @@ def prepare_folder(out: Path, config: Plan, fresh: bool) -> str | None:
             f"{study_file} is unreadable or holds no study configuration; use another --out, "
             "or --fresh to discard it"
         )
-    old, new = upgraded(stored["config"]), config.to_dict()
-    if old != new:
-        diff = sorted(k for k in new if old.get(k) != new[k])
+    diff = differences(stored["config"], config)
+    if diff:
         raise NormlabError(
             f"{out} holds a study with a different configuration (differs in: "
             f"{', '.join(diff)}); use another --out, or --fresh to discard it"
@@ -118,7 +101,7 @@ def prepare_folder(out: Path, config: Plan, fresh: bool) -> str | None:
     return None
 
 
-def discard_study(out: Path, config: Plan, stored: dict | None) -> str | None:
+def discard_study(out: Path, config: StudyConfig, stored: dict | None) -> str | None:
     """--fresh: delete the old study's run folders (as its study.json, `stored`, lists them),
     this study's own run folders (a run.json left there would be skipped as finished),
     study.json and summary.json. Without a readable `stored`, only this study's folders can be
@@ -145,14 +128,46 @@ def discard_study(out: Path, config: Plan, stored: dict | None) -> str | None:
     return note
 
 
-def load_study_data(config: Plan, device: torch.device) -> Dataset:
+def load_study_data(config: StudyConfig, device: torch.device) -> Dataset:
     """The dataset, cut to the configured limits, on the training device."""
     data = load_dataset(config.dataset, config.data_dir)
     return data.head(config.limit_train, config.limit_test).to(device)
 
 
+def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
+    """study.json: the configuration, its runs, the environment and the data's statistics."""
+    return {
+        "config": config.to_dict(),
+        "runs": [r.path for r in config.runs()],
+        "environment": env,
+        "data": {
+            "classes": data.classes,
+            "mean": data.mean,
+            "std": data.std,
+            "input_shape": list(data.input_shape),
+            "train_size": len(data.train),
+            "test_size": len(data.test),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def pending_jobs(out: Path, runs: list[RunSpec], reporter: Reporter) -> list[Job]:
+    """The runs still to do, each with its checkpoint's path; finished ones are reported as
+    skipped (and a checkpoint left by a kill between writing the run and removing it goes)."""
+    jobs = []
+    for run in runs:
+        if finished(out, run):
+            (out / run.path / "checkpoint.pt").unlink(missing_ok=True)
+            reporter.run_done(run, read_json(out / run.path / "run.json")["status"], True)
+        else:
+            (out / run.path).mkdir(parents=True, exist_ok=True)
+            jobs.append(Job(run, out / run.path / "checkpoint.pt"))
+    return jobs
+
+
 def run_study(
-    config: Plan,
+    config: StudyConfig,
     out: Path,
     reporter: Reporter | None = None,
     fresh: bool = False,
@@ -177,38 +192,10 @@ def run_study(
         reporter.note(note)
     data = load_study_data(config, device)
     runs = config.runs()
-    # Named datasets were checked before loading, but an image folder's shape and the
-    # training split's size (a batch of one) are known only now.
-    norms = (r.variant.norm for r in runs)
-    batch = min(len(data.train), *(r.train.batch_size for r in runs))
-    check_network(config.train.model, data.input_shape, norms, config.train.groups, batch)
+    config.check_network(data.input_shape, len(data.train))
     bf16 = use_bf16(device, config.train.precision)
-    write_json(
-        out / "study.json",
-        {
-            "config": config.to_dict(),
-            "runs": [r.path for r in runs],
-            "environment": environment(device, bf16),
-            "data": {
-                "classes": data.classes,
-                "mean": data.mean,
-                "std": data.std,
-                "input_shape": list(data.input_shape),
-                "train_size": len(data.train),
-                "test_size": len(data.test),
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
-    jobs = []
-    for run in runs:
-        if finished(out, run):
-            # killed between write_run and the checkpoint's removal
-            (out / run.path / "checkpoint.pt").unlink(missing_ok=True)
-            reporter.run_done(run, read_json(out / run.path / "run.json")["status"], True)
-        else:
-            (out / run.path).mkdir(parents=True, exist_ok=True)
-            jobs.append(Job(run, out / run.path / "checkpoint.pt"))
+    write_json(out / "study.json", study_record(config, data, environment(device, bf16)))
+    jobs = pending_jobs(out, runs, reporter)
 
     def on_done(job: Job, result: RunResult) -> None:
         d = write_run(out, job.run, result)

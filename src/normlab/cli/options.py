@@ -1,0 +1,138 @@
+"""The options `run` and `sweep` share, declared once: every study setting as a flag named
+like its study-file key (None unless given, so a file's value or the default stands), and how
+the study is executed."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from normlab.config import (
+    DEFAULT_L1,
+    DEFAULT_L2,
+    DEFAULT_VARIANTS,
+    DEVICES,
+    PRECISIONS,
+    TrainOptions,
+)
+from normlab.core.models import ARCHS
+from normlab.core.norms import NORMS
+
+DEFAULT = TrainOptions()
+
+
+def option(kind: Any, help: str, default: object = None) -> Any:
+    """An option that is None unless given, so a study file's value, or `default` (shown in
+    --help), stands."""
+    shown = False if default is None else str(default)
+    return Annotated[kind | None, typer.Option(help=help, show_default=shown)]
+
+
+# The study settings as flags, each the study-file key of the same name (see studyfile).
+STUDY_OPTIONS: dict[str, Any] = {
+    "dataset": option(
+        str,
+        "mnist, fashion-mnist, cifar10, or the path of an image folder with train/<class>/ "
+        "and test/<class>/ (or a .tar.gz of one).",
+        "mnist",
+    ),
+    "data_dir": option(
+        Path,
+        "Where datasets live (downloaded there when missing) and where image folders are "
+        "cached after decoding.",
+        "data",
+    ),
+    "variants": option(
+        str,
+        f"Comma-separated variants: NORM[+l1][+l2], NORM in {', '.join(NORMS)}; replaces a "
+        "study file's grid.",
+        ",".join(DEFAULT_VARIANTS),
+    ),
+    "epochs": option(int, "Epochs per run.", DEFAULT.epochs),
+    "seeds": option(int, "Seeds per setting (0..N-1).", 1),
+    "batch_size": option(
+        str, "Training batch size; several, comma-separated, are a grid.", DEFAULT.batch_size
+    ),
+    "lr": option(
+        str,
+        "Peak learning rate of the OneCycle schedule; several, comma-separated, are a grid; "
+        "with lr_reference_batch set in a study file, the rate at that batch size.",
+        DEFAULT.lr,
+    ),
+    "l1": option(float, "Strength λ of +l1 (λ·Σ|w| on conv weights).", DEFAULT_L1),
+    "l2": option(float, "Strength of +l2 (weight decay on conv weights).", DEFAULT_L2),
+    "limit_train": option(int, "Use only the first N training images."),
+    "limit_test": option(int, "Use only the first N test images."),
+    "device": option(str, ", ".join(DEVICES) + ".", "auto"),
+    "precision": option(
+        str, f"{', '.join(PRECISIONS)}: auto is bf16 where the hardware is fast at it.", "auto"
+    ),
+    "groups": option(int, "GroupNorm groups.", "about 4 channels a group"),
+    "augment": option(
+        str,
+        "auto (digits for MNIST, crop+flip otherwise), none, or steps joined by '+' from "
+        "digits, crop, flip, cutout.",
+        "auto",
+    ),
+    "model": option(
+        str,
+        f"auto (chosen by input shape), a name ({', '.join(ARCHS)}) or a spec string such "
+        "as '24s 32 32 M 40 48'.",
+        "auto",
+    ),
+    "compile": option(bool, "torch.compile the model (pays on a GPU).", False),
+}
+EXECUTION_OPTIONS: dict[str, Any] = {
+    "workers": Annotated[
+        int, typer.Option(help="Local worker processes (on CPU, the cores shared out).")
+    ],
+    "cpus_per_run": Annotated[
+        int, typer.Option(help="CPUs (torch threads) each Ray task asks for; with --ray-address.")
+    ],
+    "ray_address": Annotated[
+        str | None, typer.Option(help="Run each run as a task on this Ray cluster (or 'auto').")
+    ],
+    "tensorboard": Annotated[
+        bool, typer.Option(help="Write TensorBoard event files in every run folder.")
+    ],
+    "fresh": Annotated[
+        bool, typer.Option(help="Discard a study already in --out instead of resuming it.")
+    ],
+}
+EXECUTION_DEFAULTS = {
+    "workers": 1,
+    "cpus_per_run": 1,
+    "ray_address": None,
+    "tensorboard": False,
+    "fresh": False,
+}
+
+
+def study_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared study and execution options (typer reads `__signature__`);
+    the command receives them as keyword arguments."""
+    signature = inspect.signature(fn, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    shared = [
+        inspect.Parameter(k, kw, annotation=t, default=None) for k, t in STUDY_OPTIONS.items()
+    ]
+    shared += [
+        inspect.Parameter(k, kw, annotation=t, default=EXECUTION_DEFAULTS[k])
+        for k, t in EXECUTION_OPTIONS.items()
+    ]
+    fn.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
+    return fn
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def given(settings: dict) -> dict:
+    """The study settings the user typed (None means not given)."""
+    return {k: settings[k] for k in STUDY_OPTIONS if settings[k] is not None}

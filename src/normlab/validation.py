@@ -1,0 +1,79 @@
+"""How configuration is validated: pydantic, with strict types and unknown fields refused, and
+its errors turned into one sentence that names the setting and what it must be.
+
+Every configuration class derives from `Validated`, so a bad value from any source (Python,
+JSON, YAML, flags) is a `ConfigError`, never a traceback; the CLI re-spells its key as a flag.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from normlab.errors import NormlabError
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+Count = Annotated[int, Field(ge=1)]
+Strength = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# A grid axis arrives as a list (YAML, JSON) and is kept as a tuple; its items stay strict.
+Axis = Field(strict=False, min_length=1)
+# What a value must be, by the setting's name, for range errors (type errors name the type).
+RANGES = {
+    "lr": "one or more distinct positive numbers",
+    "momentum": "a number in [0, 1)",
+    "l1": "a non-negative finite number",
+    "l2": "a non-negative finite number",
+}
+TYPES = {
+    "int": "a positive integer",
+    "float": "a number",
+    "string": "a string",
+    "bool": "true or false",
+    "path": "a folder path",
+    "tuple": "a list",
+    "dataclass": "a mapping of settings",
+}
+FILE_KEYS = {"batch_sizes": "batch_size", "lrs": "lr"}  # field -> the key a study file uses
+
+
+class ConfigError(NormlabError):
+    """A setting that failed validation: `key` is the setting's study-file name, so the CLI
+    can re-spell it as its flag (`spelled`)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}{problem}")
+        self.key, self.problem = key, problem
+
+    def spelled(self, spell: Any) -> ConfigError:
+        return ConfigError(spell(self.key), self.problem)
+
+
+def config_error(exc: ValidationError) -> ConfigError:
+    """pydantic's first error as one sentence a user can act on."""
+    err = exc.errors()[0]
+    field = next((p for p in err["loc"] if isinstance(p, str)), "setting")
+    key, value, kind = FILE_KEYS.get(field, field), err.get("input"), err["type"]
+    if kind == "literal_error":
+        return ConfigError(key, f" {value!r} unknown; choose one of {err['ctx']['expected']}")
+    if kind == "unexpected_keyword_argument":
+        return ConfigError(key, " is not a setting; check its spelling")
+    if kind.endswith("_type"):  # the wrong kind of value: text for a number, a bool for a count
+        what = TYPES.get(kind.removesuffix("_type"), f"a valid {key}")
+    else:  # out of range; counts are the only constrained settings not named in RANGES
+        what = RANGES.get(key, TYPES["int"])
+    return ConfigError(key, f" must be {what}, got {value!r}")
+
+
+class Validated:
+    """Turns every pydantic error at construction into a `ConfigError`, so a bad value from
+    any source (Python, JSON, YAML, flags) is one NormlabError, never a traceback."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_config_error(cls, values: Any, handler: Any) -> Any:
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise config_error(exc) from None

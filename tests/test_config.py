@@ -1,0 +1,85 @@
+"""One configuration, however it is built: flags, study files, presets and the stored forms of
+older versions all give the same `StudyConfig`, so the committed studies still resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from normlab.config import ConfigError, StudyConfig, TrainOptions
+from normlab.errors import NormlabError
+from normlab.run.study import prepare_folder
+from normlab.studyfile import load_study, parse_study
+from tests.conftest import REPO
+
+RESULTS = REPO / "docs" / "results"
+# The commands that wrote the committed studies (README), as the flags' settings.
+COMMITTED = {
+    "mnist": {"data_dir": "../shared/data", "variants": "gn,ln,bn+l1,bn", "epochs": 20},
+    "cifar10": {"dataset": "/work/shared/data/cifar10-jpg.tar.gz", "variants": "bn,gn,ln"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_committed_run_folders_resume_under_the_command_that_wrote_them(
+    name: str, tmp_path: Path
+) -> None:
+    """study.json of `normlab run` before studies had grid axes or names (cifar10's also
+    before `compile`): the same command today finds nothing different."""
+    out = tmp_path / name
+    out.mkdir()
+    shutil.copy(RESULTS / name / "study.json", out / "study.json")
+    config = parse_study({"name": "run", **COMMITTED[name]})
+    assert prepare_folder(out, config, fresh=False) is None
+    changed = parse_study({"name": "run", **COMMITTED[name], "epochs": 3})
+    with pytest.raises(NormlabError, match="differs in: train"):
+        prepare_folder(out, changed, fresh=False)
+
+
+def test_committed_sweep_folder_resumes_under_its_command(tmp_path: Path) -> None:
+    """The batch-size sweep stored the old sweep form (batch_sizes, lrs, an unused
+    train.batch_size of 128): its command today is the same study."""
+    out = tmp_path / "bs"
+    out.mkdir()
+    shutil.copy(RESULTS / "batch-size" / "study.json", out / "study.json")
+    flags = {"data_dir": "../shared/data", "variants": "bn,gn,ln", "batch_size": "2,4,8,16,32"}
+    config = load_study("batch-size", {**flags, "epochs": 1, "seeds": 3, "lr": "0.4"})
+    assert prepare_folder(out, config, fresh=False) is None
+    stored = json.loads((out / "study.json").read_text())["config"]
+    assert [r.path for r in StudyConfig.from_dict(stored).runs()] == [r.path for r in config.runs()]
+
+
+def test_run_is_the_one_point_study() -> None:
+    """`normlab run`'s settings and the assignment preset build equal configurations."""
+    preset = load_study("assignment")
+    flags = parse_study({"name": "assignment", "variants": "gn,ln,bn+l1"})
+    assert flags.settings() == preset.settings()
+    assert flags.batch_sizes == (128,) and flags.lrs == (0.1,)
+    assert [r.train for r in flags.runs()] == [flags.train] * 3
+
+
+def test_the_axes_are_what_runs() -> None:
+    """`train.batch_size` and `train.lr` follow the grid's first point: no stored setting
+    that no run used."""
+    config = StudyConfig(train=TrainOptions(batch_size=64, lr=0.3), batch_sizes=(8, 16))
+    assert config.train.batch_size == 8 and config.train.lr == 0.3
+    assert sorted({r.train.batch_size for r in config.runs()}) == [8, 16]
+
+
+def test_errors_name_the_setting_as_the_user_wrote_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_study({"variants": "gn", "batch_size": "8,0"})
+    assert str(info.value) == "batch_size must be a positive integer, got 0"
+    flag = info.value.spelled(lambda key: "--" + key.replace("_", "-"))
+    assert str(flag) == "--batch-size must be a positive integer, got 0"
+
+
+def test_exponents_in_study_files_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads `1e-3` as text; a study file means a number."""
+    f = tmp_path / "s.yaml"
+    f.write_text("variants: [gn]\nlr: 2e-1\nmomentum: 9E-1\n")
+    config = load_study(str(f))
+    assert config.lrs == (0.2,) and config.train.momentum == 0.9
