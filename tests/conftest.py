@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from normlab import cli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,32 @@ def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run(
         normlab_cmd(*args), env=cli_env(), capture_output=True, text=True, cwd=cwd, timeout=600
     )
+
+
+def main_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """`normlab ARGS` through cli.main in this process (cheap: no second torch import).
+    Anything but a clean exit, a traceback included, fails the test by escaping."""
+    old = sys.argv
+    sys.argv = ["normlab", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Exit status 2, exactly one line on stderr, no traceback, and every fragment in it."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("normlab: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
 
 
 def shared_data_dir() -> Path:

@@ -13,7 +13,7 @@ from normlab.config import ConfigError, StudyConfig, TrainOptions
 from normlab.errors import NormlabError
 from normlab.run.study import prepare_folder
 from normlab.studyfile import load_study, parse_study
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_one_line_error, main_in_process
 
 RESULTS = REPO / "docs" / "results"
 # The commands that wrote the committed studies (README), as the flags' settings.
@@ -83,3 +83,29 @@ def test_exponents_in_study_files_are_numbers(tmp_path: Path) -> None:
     f.write_text("variants: [gn]\nlr: 2e-1\nmomentum: 9E-1\n")
     config = load_study(str(f))
     assert config.lrs == (0.2,) and config.train.momentum == 0.9
+
+
+def test_a_lone_l2_strength_is_the_l2_strength() -> None:
+    config = parse_study({"variants": "gn+l1,bn+l2", "l2": 1e-3})
+    assert [v.name for v in config.variants] == ["gn+l1", "bn+l2=0.001"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"variants": ["gn+l1"], "l1": "abc"}, "l1 must be a number, got 'abc'"),
+        ({"grid": {"norm": "bn", "l1": [0, "x"]}}, "l1 must be a number, got 'x'"),
+        ({"grid": {"norm": "bn", "l2": [float("inf")]}}, "l2 must be a non-negative finite"),
+        ({"variants": ["gn"], "dataset": ""}, "dataset must be a name or a folder"),
+        ({"variants": ["gn"], "device": "tpu"}, "choose one of auto, cpu, cuda"),
+    ],
+)
+def test_every_bad_setting_is_one_sentence_naming_it(raw: dict, message: str) -> None:
+    with pytest.raises(NormlabError) as info:
+        parse_study(raw)
+    assert message in str(info.value)
+
+
+def test_run_takes_one_batch_size(capsys: pytest.CaptureFixture) -> None:
+    code, _, err = main_in_process(capsys, "run", "--batch-size", "8,16", "--out", "/nonexistent")
+    assert_one_line_error(code, err, "--batch-size takes one value in run", "normlab sweep")

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,35 +27,16 @@ from normlab.data import MNIST_FILES
 from normlab.errors import NormlabError
 from normlab.run.study import prepare_folder
 from normlab.store.results import load_state_dict, read_json, read_metrics, read_predictions
-from tests.conftest import REPO, cli_env, normlab_cmd, run_cli
+from tests.conftest import (
+    REPO,
+    assert_one_line_error,
+    cli_env,
+    main_in_process,
+    normlab_cmd,
+    run_cli,
+)
 
 SMALL = ["--limit-train", "512", "--limit-test", "256", "--device", "cpu"]
-
-
-def main_in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    """`normlab ARGS` through cli.main in this process (cheap: no second torch import).
-    Anything but a clean exit, a traceback included, fails the test by escaping."""
-    old = sys.argv
-    sys.argv = ["normlab", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
-    """Exit status 2, exactly one line on stderr, no traceback, and every fragment in it."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("normlab: error: ")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -408,7 +388,7 @@ def failing_open(monkeypatch: pytest.MonkeyPatch, fails, make) -> None:
     def fake_open(path, mode="r", *args, **kwargs):
         return make(path) if fails(Path(path)) else real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr("normlab.store.atomic.open", fake_open, raising=False)
+    monkeypatch.setattr("normlab.atomic.open", fake_open, raising=False)
 
 
 def test_disk_full_mid_study_loses_nothing(

@@ -19,7 +19,6 @@ from normlab.config import RunSpec, StudyConfig, TrainOptions, Variant, parse_va
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.report import sweep_figures
-from normlab.report.stats import mean_ci
 from normlab.report.sweep_figures import write_sweep_report
 from normlab.run.executors import (
     Job,
@@ -32,7 +31,7 @@ from normlab.run.executors import (
 )
 from normlab.run.progress import Reporter
 from normlab.run.study import load_study_data, run_study
-from normlab.store.results import read_json, read_metrics, read_predictions
+from normlab.store.results import mean_ci, read_json, read_metrics, read_predictions
 from normlab.studyfile import load_study, parse_study, presets
 
 TINY = {

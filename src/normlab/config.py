@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from normlab.core.augment import parse_augment
+from normlab.core.device import BY_DEVICE
 from normlab.core.models import ARCHS, check_network, parse_arch
 from normlab.core.norms import NORMS
 from normlab.data.named import INPUT_SHAPES
@@ -144,7 +145,7 @@ class TrainOptions(Validated):
     groups: Count | None = None
     precision: Precision = "auto"
     augment: str = "auto"
-    eval_batch_size: Count = 1000  # this default means by device (core.device.eval_batch_size)
+    eval_batch_size: Count = BY_DEVICE  # by device (core.device.eval_batch_size); else as given
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
 
@@ -207,7 +208,7 @@ class StudyConfig(Validated):
     learning rates, and how to train each run. `train.batch_size` and `train.lr` are the first
     grid point, the whole grid for `normlab run`; without axes, `train`'s values are the grid."""
 
-    dataset: str = "mnist"
+    dataset: Annotated[str, Field(min_length=1)] = "mnist"
     data_dir: Annotated[Path, Field(strict=False)] = Path("data")
     variants: Annotated[tuple[Variant, ...], Field(strict=False)] = Field(
         default_factory=default_variants
@@ -272,7 +273,7 @@ class StudyConfig(Validated):
         Learning rates are spelled like strengths (exactly, so 0.1 and 0.1000001 never share
         `lr0.1`); two runs that would still share a folder are refused before any work starts.
         """
-        sizes, lrs = self.batch_sizes or (self.train.batch_size,), self.lrs or (self.train.lr,)
+        sizes, lrs = self.batch_sizes, self.lrs
         runs = []
         for v, bs, lr, seed in itertools.product(self.variants, sizes, lrs, range(self.seeds)):
             parts = [f"bs{bs}"] if len(sizes) > 1 else []
@@ -298,7 +299,7 @@ class StudyConfig(Validated):
         image folder's shape and the training split's size are known only then)."""
         shape = input_shape or INPUT_SHAPES.get(self.dataset)
         limits = [n for n in (self.limit_train, train_size) if n is not None]
-        batch = min(*(self.batch_sizes or ()), self.train.batch_size, *limits)
+        batch = min([*self.batch_sizes, *limits])
         norms = (v.norm for v in self.variants)
         check_network(self.train.model, shape, norms, self.train.groups, batch)
 
@@ -322,6 +323,4 @@ class StudyConfig(Validated):
         versions ran with). Anything malformed is a NormlabError, never a TypeError."""
         if not isinstance(d, dict):
             raise NormlabError(f"a study configuration must be a mapping, got {type(d).__name__}")
-        if not isinstance(d.get("train", {}), dict):
-            raise ConfigError("train", f" options must be a mapping, got {d['train']!r}")
         return cls(**d)

@@ -28,6 +28,7 @@ import yaml
 from normlab.config import TRAIN_KEYS, StudyConfig, Variant, parse_variants
 from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
+from normlab.validation import Strength, validated
 
 STUDY_KEYS = ("name", "description", "dataset", "data_dir", "limit_train", "limit_test")
 KEYS = (
@@ -150,7 +151,8 @@ def grid_variants(grid: object) -> list[Variant]:
         l1s, l2s = (floats(listed(block.get(key, 0.0))) for key in ("l1", "l2"))
         if any(isinstance(s, float) and s < 0 for s in [*l1s, *l2s]):
             raise NormlabError(f"grid l1 and l2 strengths must be >= 0, got {block!r}")
-        variants += [Variant(*cell) for cell in itertools.product(norms, l1s, l2s)]
+        cells = itertools.product(norms, l1s, l2s)
+        variants += [Variant(norm=n, l1=a, l2=b) for n, a, b in cells]
     names = [v.name for v in variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -169,7 +171,8 @@ def study_variants(raw: dict) -> list[Variant]:
         names = ",".join(names)
     if not isinstance(names, str):
         raise NormlabError(f"variants must be a list of names like bn+l1, got {names!r}")
-    return parse_variants(names, *(raw[k] for k in ("l1", "l2") if k in raw))
+    strengths = {k: validated(k, floats([raw[k]])[0], Strength) for k in ("l1", "l2") if k in raw}
+    return parse_variants(names, **strengths)
 
 
 def parse_study(raw: dict) -> StudyConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from normlab.errors import NormlabError
 
@@ -20,7 +20,17 @@ Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # A grid axis arrives as a list (YAML, JSON) and is kept as a tuple; its items stay strict.
 Axis = Field(strict=False, min_length=1)
 # What a value must be, by the setting's name, for range errors (type errors name the type).
+BOUNDS = ("ge", "gt", "le", "lt")
 RANGES = {
+    "dataset": "a name or a folder",
+    "epochs": "a positive integer",
+    "batch_size": "a positive integer",
+    "eval_batch_size": "a positive integer",
+    "seeds": "a positive integer",
+    "groups": "a positive integer",
+    "limit_train": "a positive integer",
+    "limit_test": "a positive integer",
+    "lr_reference_batch": "a positive integer",
     "lr": "one or more distinct positive numbers",
     "momentum": "a number in [0, 1)",
     "l1": "a non-negative finite number",
@@ -50,20 +60,32 @@ class ConfigError(NormlabError):
         return ConfigError(spell(self.key), self.problem)
 
 
-def config_error(exc: ValidationError) -> ConfigError:
-    """pydantic's first error as one sentence a user can act on."""
+def config_error(exc: ValidationError, key: str | None = None) -> ConfigError:
+    """pydantic's first error as one sentence a user can act on, naming the setting `key` (by
+    default the field the error is in, spelled as a study file spells it)."""
     err = exc.errors()[0]
     field = next((p for p in err["loc"] if isinstance(p, str)), "setting")
-    key, value, kind = FILE_KEYS.get(field, field), err.get("input"), err["type"]
+    key = key or FILE_KEYS.get(field, field)
+    value, kind, ctx = err.get("input"), err["type"], err.get("ctx", {})
     if kind == "literal_error":
-        return ConfigError(key, f" {value!r} unknown; choose one of {err['ctx']['expected']}")
+        choices = ctx["expected"].replace("'", "").replace(" or ", ", ")
+        return ConfigError(key, f" {value!r} unknown; choose one of {choices}")
     if kind == "unexpected_keyword_argument":
         return ConfigError(key, " is not a setting; check its spelling")
     if kind.endswith("_type"):  # the wrong kind of value: text for a number, a bool for a count
         what = TYPES.get(kind.removesuffix("_type"), f"a valid {key}")
-    else:  # out of range; counts are the only constrained settings not named in RANGES
-        what = RANGES.get(key, TYPES["int"])
+    else:  # out of range: what the setting's constraint asks, in words where we have them
+        bound = ", ".join(f"{op} {n}" for op, n in ctx.items() if op in BOUNDS)
+        what = RANGES.get(key) or f"a number {bound}".replace("ge", ">=").replace("gt", ">")
     return ConfigError(key, f" must be {what}, got {value!r}")
+
+
+def validated(key: str, value: object, kind: Any) -> Any:
+    """`value` checked against the annotated type `kind` (strictly, as a field would be)."""
+    try:
+        return TypeAdapter(kind, config=ConfigDict(strict=True)).validate_python(value)
+    except ValidationError as exc:
+        raise config_error(exc, key) from None
 
 
 class Validated:

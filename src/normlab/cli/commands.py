@@ -74,6 +74,12 @@ def run(
     """Train every variant for every seed and write the study folder and its report."""
     raw = given(settings)
     raw.setdefault("variants", ",".join(DEFAULT_VARIANTS))
+    for key in ("batch_size", "lr"):
+        if "," in raw.get(key, ""):
+            raise NormlabError(
+                f"{flag(key)} takes one value in run; a grid of them is a sweep, e.g. "
+                f"'normlab sweep assignment {flag(key)} {raw[key]}'"
+            )
     try:
         config = parse_study({"name": "run", **raw})
     except ConfigError as exc:

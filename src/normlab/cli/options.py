@@ -26,10 +26,10 @@ DEFAULT = TrainOptions()
 
 
 def option(kind: Any, help: str, default: object = None) -> Any:
-    """An option that is None unless given, so a study file's value, or `default` (shown in
-    --help), stands."""
-    shown = False if default is None else str(default)
-    return Annotated[kind | None, typer.Option(help=help, show_default=shown)]
+    """A study setting as a flag: None unless given, so that in `sweep` the study file's value
+    stands, and in `run` the default named in the help."""
+    shown = "" if default is None else f" (default {default}; in sweep, the study file's)"
+    return Annotated[kind | None, typer.Option(help=help + shown, show_default=False)]
 
 
 # The study settings as flags, each the study-file key of the same name (see studyfile).
@@ -48,19 +48,19 @@ STUDY_OPTIONS: dict[str, Any] = {
     ),
     "variants": option(
         str,
-        f"Comma-separated variants: NORM[+l1][+l2], NORM in {', '.join(NORMS)}; replaces a "
-        "study file's grid.",
+        f"Comma-separated variants: NORM[+l1][+l2], NORM in {', '.join(NORMS)} (in sweep, "
+        "they replace the file's variants or grid).",
         ",".join(DEFAULT_VARIANTS),
     ),
     "epochs": option(int, "Epochs per run.", DEFAULT.epochs),
     "seeds": option(int, "Seeds per setting (0..N-1).", 1),
     "batch_size": option(
-        str, "Training batch size; several, comma-separated, are a grid.", DEFAULT.batch_size
+        str, "Training batch size; in sweep, several comma-separated are a grid.", 128
     ),
     "lr": option(
         str,
-        "Peak learning rate of the OneCycle schedule; several, comma-separated, are a grid; "
-        "with lr_reference_batch set in a study file, the rate at that batch size.",
+        "Peak learning rate of the OneCycle schedule; in sweep, several comma-separated are a "
+        "grid, each the rate at the file's lr_reference_batch when it sets one.",
         DEFAULT.lr,
     ),
     "l1": option(float, "Strength λ of +l1 (λ·Σ|w| on conv weights).", DEFAULT_L1),
@@ -74,8 +74,8 @@ STUDY_OPTIONS: dict[str, Any] = {
     "groups": option(int, "GroupNorm groups.", "about 4 channels a group"),
     "augment": option(
         str,
-        "auto (digits for MNIST, crop+flip otherwise), none, or steps joined by '+' from "
-        "digits, crop, flip, cutout.",
+        "auto (chosen for the dataset so that no label changes: see the study's report), "
+        "none, or steps joined by '+' from digits, crop, flip, cutout.",
         "auto",
     ),
     "model": option(
@@ -84,37 +84,37 @@ STUDY_OPTIONS: dict[str, Any] = {
         "as '24s 32 32 M 40 48'.",
         "auto",
     ),
-    "compile": option(bool, "torch.compile the model (pays on a GPU).", False),
+    "compile": option(bool, "torch.compile the model (pays on a GPU).", "off"),
 }
-EXECUTION_OPTIONS: dict[str, Any] = {
-    "workers": Annotated[
-        int, typer.Option(help="Local worker processes (on CPU, the cores shared out).")
-    ],
-    "cpus_per_run": Annotated[
-        int, typer.Option(help="CPUs (torch threads) each Ray task asks for; with --ray-address.")
-    ],
-    "ray_address": Annotated[
-        str | None, typer.Option(help="Run each run as a task on this Ray cluster (or 'auto').")
-    ],
-    "tensorboard": Annotated[
-        bool, typer.Option(help="Write TensorBoard event files in every run folder.")
-    ],
-    "fresh": Annotated[
-        bool, typer.Option(help="Discard a study already in --out instead of resuming it.")
-    ],
-}
-EXECUTION_DEFAULTS = {
-    "workers": 1,
-    "cpus_per_run": 1,
-    "ray_address": None,
-    "tensorboard": False,
-    "fresh": False,
+# How the study executes: (flag type, default), the same in `run` and `sweep`.
+EXECUTION_OPTIONS: dict[str, tuple[Any, object]] = {
+    "workers": (
+        Annotated[int, typer.Option(help="Local worker processes (on CPU, the cores shared out).")],
+        1,
+    ),
+    "cpus_per_run": (
+        Annotated[int, typer.Option(help="CPUs (torch threads) each Ray task asks for.")],
+        1,
+    ),
+    "ray_address": (
+        Annotated[str | None, typer.Option(help="Run each run as a task on this Ray cluster.")],
+        None,
+    ),
+    "tensorboard": (
+        Annotated[bool, typer.Option(help="Write TensorBoard event files in every run folder.")],
+        False,
+    ),
+    "fresh": (
+        Annotated[bool, typer.Option(help="Discard a study already in --out; else resume it.")],
+        False,
+    ),
 }
 
 
 def study_command(fn: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the shared study and execution options (typer reads `__signature__`);
-    the command receives them as keyword arguments."""
+    """Give a command the shared options after its own: typer builds a command's flags from
+    its signature, so the shared ones are appended to it (`__signature__`), and the command
+    takes them as `**settings`."""
     signature = inspect.signature(fn, eval_str=True)
     own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
     kw = inspect.Parameter.KEYWORD_ONLY
@@ -122,8 +122,8 @@ def study_command(fn: Callable[..., None]) -> Callable[..., None]:
         inspect.Parameter(k, kw, annotation=t, default=None) for k, t in STUDY_OPTIONS.items()
     ]
     shared += [
-        inspect.Parameter(k, kw, annotation=t, default=EXECUTION_DEFAULTS[k])
-        for k, t in EXECUTION_OPTIONS.items()
+        inspect.Parameter(k, kw, annotation=t, default=default)
+        for k, (t, default) in EXECUTION_OPTIONS.items()
     ]
     fn.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
     return fn

@@ -2,7 +2,7 @@
 
 Kept apart from the training loop so that code which only asks how far a run got (the
 executors, counting finished epochs) reads a checkpoint without the loop's machinery. What goes
-into a checkpoint and how it is put back is `train.py`'s business (`training_state`, `resume`).
+into a checkpoint and how it is put back is `core.train`'s business (`training_state`, `resume`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from normlab.atomic import write_atomic
 from normlab.errors import NormlabError
-from normlab.store.atomic import write_atomic
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

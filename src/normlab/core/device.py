@@ -9,7 +9,6 @@ import os
 
 import torch
 
-from normlab.config import TrainOptions
 from normlab.errors import NormlabError
 
 
@@ -55,6 +54,7 @@ def memory_format(device: torch.device, norm: str) -> torch.memory_format:
     return torch.channels_last
 
 
+BY_DEVICE = 1000  # TrainOptions.eval_batch_size's default: the size chosen by device
 EVAL_INPUT_BYTES = 256 * 2**20  # the most float32 input one evaluation batch may take on a GPU
 CPU_EVAL_BATCH = 256  # the fastest of the sizes tried on a CPU (see eval_batch_size)
 
@@ -62,7 +62,7 @@ CPU_EVAL_BATCH = 256  # the fastest of the sizes tried on a CPU (see eval_batch_
 def eval_batch_size(
     device: torch.device, batch_size: int, input_shape: tuple[int, int, int]
 ) -> int:
-    """The test pass's batch size. `TrainOptions.eval_batch_size`'s default (1,000) means
+    """The test pass's batch size. `TrainOptions.eval_batch_size`'s default, `BY_DEVICE`, means
     "by device"; any other size is used as given.
 
     A GPU evaluates the whole MNIST test split in one launch, so there the default grows to
@@ -71,7 +71,7 @@ def eval_batch_size(
     than 1,000 on both the MNIST and the CIFAR network (2 threads, bf16; a one-off measurement,
     not committed). Predictions do not depend on the batch size: evaluation uses BatchNorm's
     running statistics."""
-    if batch_size != TrainOptions.eval_batch_size:
+    if batch_size != BY_DEVICE:
         return batch_size
     if device.type != "cuda":
         return CPU_EVAL_BATCH

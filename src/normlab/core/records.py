@@ -1,8 +1,8 @@
 """What one run produces, as plain records: the contract between training and the store.
 
-They live below both `train.py` (which fills them) and `results.py` (which writes and reads
-them), so that reading a study folder (`normlab report`) never imports the training code, the
-models or the data loaders. `train.py` re-exports both names.
+They live below both `core.train` (which fills them) and `store.results` (which writes and
+reads them), so that reading a study folder (`normlab report`) never imports the training code,
+the configuration or the data loaders.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from PIL import Image
 
 from normlab.data.containers import Dataset, Split, channel_stats
 from normlab.errors import NormlabError, first_line
-from normlab.store.atomic import write_atomic
+from normlab.atomic import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 2  # bump when the cache layout or the decoding changes

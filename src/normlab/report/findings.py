@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from normlab.report.stats import PairTest, holm, mcnemar_exact, mean_ci, seeds_test, wilson_interval
+from normlab.report.stats import PairTest, holm, mcnemar_exact, seeds_test, wilson_interval
 from normlab.store.reader import StoredStudy, StoredVariant
-from normlab.store.results import read_predictions, run_dir
+from normlab.store.results import mean_ci, read_predictions, run_dir
 
 ALPHA = 0.05
 # Convergence is measured against each variant's own best, so it means the same on MNIST

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from normlab.store.atomic import write_atomic
+from normlab.atomic import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from normlab.atomic import write_atomic
 from normlab.errors import NormlabError
 from normlab.report.curves import plot_curves
 from normlab.report.doc import Block, Heading, Image, Para, Table, to_html, to_markdown
@@ -19,7 +20,6 @@ from normlab.report.explain import axes_figure, example_tensor, explain_blocks
 from normlab.report.findings import predictions
 from normlab.report.gallery import plot_confusion, plot_mistakes
 from normlab.report.text import findings_blocks
-from normlab.store.atomic import write_atomic
 from normlab.store.reader import StoredStudy, read_study, thousands
 
 

@@ -7,7 +7,6 @@ than the normal approximation.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,22 +14,6 @@ import numpy as np
 from scipy import stats as sps
 
 from normlab.errors import NormlabError
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a two-sided Student-t confidence interval (lo, hi) for the mean.
-
-    One value has no spread: its interval is (nan, nan), so callers cannot mistake a single
-    run for a precise one.
-    """
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    # The standard t's interval, scaled by the standard error: scipy's own loc/scale form
-    # returns nan for a zero scale, and identical seeds have an interval, of width 0.
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    lo, hi = sps.t.interval(level, len(values) - 1)
-    return mean, float(mean + sem * lo), float(mean + sem * hi)
 
 
 @dataclass(frozen=True)

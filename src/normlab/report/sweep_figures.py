@@ -7,7 +7,8 @@
     heatmap.png     mean test error over l1 x l2, a panel per norm, batch size and learning
                     rate (when l1 or l2 varies)
 
-Each figure is also written as SVG beside the PNG (by figures.save_figure, as the report's are).
+Each figure is also written as SVG beside the PNG (by report.plotting.save_figure, as the
+report's are).
 
 Figures show test *error* (100 - accuracy), as the GroupNorm paper does, so small numbers are
 good and the small-batch collapse reads upwards.
@@ -20,9 +21,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from normlab.atomic import write_atomic
 from normlab.core.norms import NORM_NAMES
 from normlab.report.plotting import pyplot, save_figure
-from normlab.store.atomic import write_atomic
 from normlab.store.results import read_json
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import normlab
+from normlab.atomic import clean_tmp
 from normlab.config import RunSpec, StudyConfig
 from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
 from normlab.core.records import RunResult
@@ -25,7 +26,6 @@ from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
 from normlab.run.executors import Executor, Job, LocalExecutor
 from normlab.run.progress import Reporter
-from normlab.store.atomic import clean_tmp
 from normlab.store.results import finished, read_json, summarize, write_json, write_run
 
 
@@ -61,8 +61,8 @@ def differences(stored: dict, config: StudyConfig) -> list[str]:
     differs in everything."""
     try:
         old = StudyConfig.from_dict(stored).settings()
-    except NormlabError:
-        return ["everything (this version cannot read it)"]
+    except NormlabError as exc:
+        return [f"everything: this version cannot read it ({exc})"]
     new = config.settings()
     return sorted(k for k in new if old.get(k) != new[k])
 

@@ -24,19 +24,39 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import stats as sps
 
-from normlab.config import RunSpec
 from normlab.core.records import EpochMetrics, RunResult
 from normlab.errors import NormlabError
-from normlab.store.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from normlab.config import RunSpec
+from normlab.atomic import write_atomic
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a two-sided Student-t confidence interval (lo, hi) for the mean.
+
+    One value has no spread: its interval is (nan, nan), so callers cannot mistake a single
+    run for a precise one.
+    """
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    # The standard t's interval, scaled by the standard error: scipy's own loc/scale form
+    # returns nan for a zero scale, and identical seeds have an interval, of width 0.
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    lo, hi = sps.t.interval(level, len(values) - 1)
+    return mean, float(mean + sem * lo), float(mean + sem * hi)
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -178,16 +198,11 @@ def summarize(out: Path, runs: list[RunSpec]) -> dict:
         for key in ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "seconds"):
             values = [r[key] for r in done if key in r]
             if values:
-                m = statistics.fmean(values)
-                entry[key] = round(m, 4)
+                entry[key] = round(statistics.fmean(values), 4)
                 if len(values) > 1 and key.endswith("acc"):
-                    # the standard t's 95% interval scaled by the standard error (scipy's
-                    # loc/scale form gives nan for identical seeds; this gives width 0)
-                    sd = statistics.stdev(values)
-                    sem = sd / math.sqrt(len(values))
-                    t95 = sps.t.interval(0.95, len(values) - 1)
-                    entry[key + "_std"] = round(sd, 4)
-                    entry[key + "_ci95"] = [round(float(m + sem * t), 4) for t in t95]
+                    _, lo, hi = mean_ci(values)
+                    entry[key + "_std"] = round(statistics.stdev(values), 4)
+                    entry[key + "_ci95"] = [round(lo, 4), round(hi, 4)]
         entry["status"] = "diverged" if any(r["status"] == "diverged" for r in done) else "finished"
         entry["seeds"] = done
         out_groups.append(entry)
