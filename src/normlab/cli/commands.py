@@ -38,6 +38,7 @@ from normlab.report.explain import example_tensor, explain_blocks, parse_values
 from normlab.report.report import write_report
 from normlab.run.executors import make_executor
 from normlab.run.study import run_study
+from normlab.store.results import read_json
 from normlab.studyfile import load_study, parse_study, presets
 
 app = typer.Typer(
@@ -53,7 +54,7 @@ def execute(config: StudyConfig, out: Path, settings: dict) -> dict:
     """Run (or resume) the study with progress bars; returns its summary."""
     executor = make_executor(settings["workers"], settings["ray_address"], settings["cpus_per_run"])
     with progress_bars() as progress:
-        return run_study(
+        summary = run_study(
             config,
             out,
             RichReporter(progress),
@@ -61,6 +62,9 @@ def execute(config: StudyConfig, out: Path, settings: dict) -> dict:
             executor,
             tensorboard=settings["tensorboard"],
         )
+    data = read_json(out / "study.json")["data"]
+    console.print(f"augmentation: {data['augment']} ({data['augment_reason']})", highlight=False)
+    return summary
 
 
 @app.command()

@@ -11,12 +11,15 @@ An augmentation is written as `+`-joined steps, applied in this order:
     flip     horizontal flip of half the images
     cutout   one random 8x8 square per image set to the mean (after normalizing)
 
-`none` turns it off. Defaults (`auto`): MNIST gets `digits` (a flipped 2 or 7 is not a digit);
-every other dataset `crop+flip`, the standard for natural images and also label-preserving for
-Fashion-MNIST's clothes. Cutout is left out by default: the study's networks are small (under
-50,000 parameters) and barely overfit in 20 epochs (the CIFAR-10 run in docs/results/cifar10 ends
-with train and test accuracy within about a point), so stronger regularization has little to do.
-Digits in an image folder want `--augment digits`.
+`none` turns it off. The default (`auto`, see `auto_augment`) never changes a label: MNIST gets
+`digits` (a flipped 2 or 7 is not a digit); flips only where a mirrored image is known to be the
+same class, CIFAR-10 and Fashion-MNIST (recognised by name or by their class list, so the JPEG
+copy of CIFAR-10 counts); any other image folder gets `crop` alone, since a mirrored letter,
+digit, sign or X-ray may be another class. A folder can declare its own default in a
+`normlab.yaml` beside train/ and test/ (`augment: crop+flip`). Cutout is left out by default: the
+study's networks are small (under 50,000 parameters) and barely overfit in 20 epochs (the
+CIFAR-10 run in docs/results/cifar10 ends with train and test accuracy within about a point), so
+stronger regularization has little to do.
 """
 
 from __future__ import annotations
@@ -27,16 +30,41 @@ import math
 import torch
 import torch.nn.functional as F
 
+from normlab.data import Dataset
 from normlab.errors import NormlabError
 
 AUGMENT_STEPS = ("digits", "crop", "flip", "cutout")
-DEFAULT_AUGMENT = {"mnist": "digits"}
-NATURAL = "crop+flip"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship")
+CIFAR10_CLASSES += ("truck",)
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt")
+FASHION_CLASSES += ("Sneaker", "Bag", "Ankle boot")
+# Datasets whose classes survive a horizontal flip, by name and by class list.
+MIRROR_SAFE = {"cifar10": CIFAR10_CLASSES, "fashion-mnist": FASHION_CLASSES}
 
 
-def default_augment(dataset: str) -> str:
-    """What `--augment auto` means for a dataset (see the module docstring for why)."""
-    return DEFAULT_AUGMENT.get(dataset, NATURAL)
+def auto_augment(data: Dataset) -> tuple[str, str]:
+    """What `--augment auto` means for `data`, and why (the study stores and reports both)."""
+    if data.augment is not None:
+        try:
+            parse_augment(data.augment)
+        except NormlabError as exc:
+            raise NormlabError(f"{data.name}'s normlab.yaml: {exc}") from None
+        return data.augment, "declared in the dataset folder's normlab.yaml"
+    if data.name == "mnist":
+        return "digits", "handwritten digits: small rotations, shifts and zooms, no flips"
+    if data.name in MIRROR_SAFE or tuple(data.classes) in MIRROR_SAFE.values():
+        return "crop+flip", "shifts and flips: a mirrored image of these classes is the same class"
+    return "crop", (
+        "shifts only: a mirrored letter, digit or sign may be another class "
+        "(--augment crop+flip if this folder's classes are mirror-safe)"
+    )
+
+
+def augment_for(data: Dataset, augment: str) -> tuple[str, str]:
+    """The augmentation a run uses (`auto` resolved for `data`) and why."""
+    if augment == "auto":
+        return auto_augment(data)
+    return augment, "as asked (--augment, or augment: in the study file)"
 
 
 def parse_augment(text: str) -> tuple[str, ...]:

@@ -44,6 +44,7 @@ class Dataset:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    augment: str | None = None  # the default augmentation its folder declares (normlab.yaml)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

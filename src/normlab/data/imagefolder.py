@@ -18,6 +18,10 @@ on the data: for a folder, the list of image files with their sizes and modifica
 an archive, its size and modification time. Any change rebuilds it; an archive is extracted
 (once per change) with tarfile's "data" filter, which refuses absolute paths, `..` and links
 that point outside the destination.
+
+A `normlab.yaml` beside train/ and test/ may declare the folder's default augmentation
+(`augment: crop+flip` for classes that survive a mirror); it is read with `yaml.safe_load` and
+is part of the cache's key.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
+from normlab.atomic import write_atomic
 from normlab.data.containers import Dataset, Split, channel_stats
 from normlab.errors import NormlabError, first_line
-from normlab.atomic import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-CACHE_VERSION = 2  # bump when the cache layout or the decoding changes
+CACHE_VERSION = 3  # bump when the cache layout or the decoding changes
+SETTINGS_FILE = "normlab.yaml"
 
 
 def folder_name(path: Path) -> str:
@@ -90,9 +96,30 @@ def find_root(path: Path) -> Path:
     return path
 
 
+def declared(root: Path) -> dict:
+    """The folder's normlab.yaml (`augment:` only), or {} when there is none."""
+    path = root / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise NormlabError(f"{path} is not readable YAML ({first_line(exc, '')}); fix it") from None
+    settings = {} if settings is None else settings
+    if not isinstance(settings, dict) or set(settings) - {"augment"}:
+        raise NormlabError(f"{path} may only set augment, e.g. 'augment: crop+flip'")
+    if not isinstance(settings.get("augment", ""), str):
+        raise NormlabError(f"{path}: augment must be text such as crop+flip")
+    return settings
+
+
 def folder_key(root: Path) -> str:
-    """A digest of every image's relative path, size and modification time."""
+    """A digest of every image's relative path, size and modification time, and of the
+    folder's normlab.yaml."""
     h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    settings = root / SETTINGS_FILE
+    if settings.is_file():
+        h.update(settings.read_bytes())
     for split in ("train", "test"):
         for cls, files in list_images(root, split).items():
             for f in files:
@@ -229,7 +256,7 @@ def load_image_folder(path: Path, data_dir: Path) -> Dataset:
         root = find_root(extract(path, cache / "extracted", key) if archive else path)
         arrays, classes = decode_folder(root)
         mean, std = channel_stats(torch.from_numpy(arrays["train_images"]))
-        stats = {"key": key, "classes": classes, "mean": mean, "std": std}
+        stats = {"key": key, "classes": classes, "mean": mean, "std": std, **declared(root)}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_atomic(arrays_file, buffer.getvalue())
@@ -245,4 +272,5 @@ def load_image_folder(path: Path, data_dir: Path) -> Dataset:
         stats["classes"],
         tuple(stats["mean"]),
         tuple(stats["std"]),
+        stats.get("augment"),
     )

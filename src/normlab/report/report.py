@@ -36,6 +36,15 @@ def _optimizer(study: StoredStudy) -> str:
     return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs)
 
 
+def augmentation(study: StoredStudy) -> str:
+    """What augmentation the runs used and why; a study from before that was stored gives the
+    setting alone."""
+    data = study.study.get("data", {})
+    if "augment" not in data:
+        return str(study.config["train"].get("augment", "?"))
+    return f"{data['augment']} ({data['augment_reason']})"
+
+
 def run_blocks(study: StoredStudy) -> list[Block]:
     """What was run: the configuration and environment stored with the results."""
     c, env, data = study.config, study.study.get("environment", {}), study.study.get("data", {})
@@ -49,6 +58,7 @@ def run_blocks(study: StoredStudy) -> list[Block]:
         ["variants", ", ".join(v.label for v in study.variants)],
         ["epochs x seeds", f"{t['epochs']} x {c['seeds']}"],
         ["optimizer", _optimizer(study)],
+        ["augmentation", augmentation(study)],
         ["GroupNorm groups", str(t["groups"] or "about 4 channels a group")],
         ["precision", f"{t['precision']} (bf16 used: {env.get('bf16', '?')})"],
         ["device", f"{env.get('device', '?')}, {env.get('cpu_threads', '?')} CPU threads"],

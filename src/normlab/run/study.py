@@ -20,6 +20,7 @@ import torch
 import normlab
 from normlab.atomic import clean_tmp
 from normlab.config import RunSpec, StudyConfig
+from normlab.core.augment import augment_for
 from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
 from normlab.core.records import RunResult
 from normlab.data import Dataset, load_dataset
@@ -135,7 +136,9 @@ def load_study_data(config: StudyConfig, device: torch.device) -> Dataset:
 
 
 def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
-    """study.json: the configuration, its runs, the environment and the data's statistics."""
+    """study.json: the configuration, its runs, the environment, the data's statistics and the
+    augmentation the runs use, with why (`auto` resolved: the report says what ran)."""
+    augment, why = augment_for(data, config.train.augment)
     return {
         "config": config.to_dict(),
         "runs": [r.path for r in config.runs()],
@@ -147,6 +150,8 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
             "input_shape": list(data.input_shape),
             "train_size": len(data.train),
             "test_size": len(data.test),
+            "augment": augment,
+            "augment_reason": why,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -102,10 +102,10 @@ class StoredStudy:
         if "train_size" in data:
             size = f", {thousands(data['train_size'])} train / {thousands(data.get('test_size'))}"
             size += " test images"
-        return (
-            f"{self.config['dataset'].upper()}, {self.epochs} epochs, "
-            f"{seeds} seed{'s' if seeds != 1 else ''}{size}"
-        )
+        name = self.config["dataset"]
+        # a named dataset in capitals (MNIST); an image folder by its own name, as written
+        name = Path(name).name.removesuffix(".tar.gz") if "/" in name else name.upper()
+        return f"{name}, {self.epochs} epochs, {seeds} seed{'s' if seeds != 1 else ''}{size}"
 
 
 def thousands(value: object) -> str:
