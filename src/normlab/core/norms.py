@@ -16,6 +16,8 @@ by H*W and ties the model to one input size.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -127,3 +129,33 @@ def ref_batch_norm(
         mean, var = running_mean, running_var
     y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + eps)
     return _affine(y, weight, bias)
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of `model`: the layers with running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Replace every BatchNorm layer's running mean and variance by the average of the batch
+    statistics over `inputs` ("precise BN", Wu & Johnson 2021), leaving the weights alone.
+
+    Running statistics are an exponential average (momentum 0.1) over the training steps: after
+    a few dozen steps they still carry the (0, 1) they started from and lag the weights, so an
+    evaluation that uses them sees activations the network was never trained on. Forward passes
+    in training mode with `momentum=None` (PyTorch's cumulative average) fix that."""
+    norms = batch_norms(model)
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in inputs:
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
