@@ -1,0 +1,117 @@
+"""Data normlab was not tuned on: the default augmentation never changes a label, BatchNorm's
+statistics describe the data after a short epoch, and a letter-glyph folder (where a mirror
+changes the class) trains with the defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from normlab.config import TrainOptions, parse_variant
+from normlab.core.augment import CIFAR10_CLASSES, augment_for, auto_augment
+from normlab.core.norms import recompute_bn_statistics
+from normlab.core.train import SHORT_EPOCH, train_run
+from normlab.data import Dataset, Split, load_dataset
+from normlab.errors import NormlabError
+from scripts.glyphs import CLASSES, render
+from tests.conftest import run_cli
+
+
+def fake(name: str, classes: list[str], augment: str | None = None) -> Dataset:
+    split = Split(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    return Dataset(name, split, split, classes, (0.5,), (0.2,), augment)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (fake("mnist", list("0123456789")), "digits"),
+        (fake("cifar10", list(CIFAR10_CLASSES)), "crop+flip"),
+        (fake("cifar10-jpg", list(CIFAR10_CLASSES)), "crop+flip"),  # an image folder of it
+        (fake("fashion-mnist", ["T-shirt/top"]), "crop+flip"),
+        (fake("letters", list(CLASSES)), "crop"),  # b and d are each other's mirror
+        (fake("letters", list(CLASSES), augment="crop+flip"), "crop+flip"),  # declared
+    ],
+)
+def test_auto_augmentation_flips_only_where_a_mirror_keeps_the_class(data, expected) -> None:
+    steps, why = auto_augment(data)
+    assert steps == expected and why
+    assert augment_for(data, "none")[0] == "none"
+
+
+def test_a_folder_declares_its_augmentation_in_normlab_yaml(tmp_path: Path) -> None:
+    root = tmp_path / "letters"
+    render(root, "train", 20)
+    render(root, "test", 10)
+    assert load_dataset(str(root), tmp_path / "data").augment is None
+    (root / "normlab.yaml").write_text("augment: crop+flip\n")
+    data = load_dataset(str(root), tmp_path / "data")  # the yaml is part of the cache's key
+    assert data.augment == "crop+flip" and auto_augment(data)[0] == "crop+flip"
+    (root / "normlab.yaml").write_text("augment: spin\n")
+    with pytest.raises(NormlabError, match=r"normlab\.yaml: .*unknown step 'spin'"):
+        auto_augment(load_dataset(str(root), tmp_path / "data"))
+    (root / "normlab.yaml").write_text("epochs: 3\n")
+    with pytest.raises(NormlabError, match="may only set augment"):
+        load_dataset(str(root), tmp_path / "data")
+
+
+def test_glyphs_render_the_same_bytes_every_time(tmp_path: Path) -> None:
+    for out in (tmp_path / "a", tmp_path / "b"):
+        render(out, "train", 30)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 30 and {p.parts[1] for p in files} == set(CLASSES)
+    assert all(
+        (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in files
+    )
+
+
+def test_precise_statistics_are_the_average_of_the_batch_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+    model.eval()
+    batches = [torch.randn(8, 3, 6, 6) * 3 + 1 for _ in range(5)]
+    recompute_bn_statistics(model, batches)
+    assert not model.training and model[1].momentum == 0.1  # put back as it was
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats])
+    variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats])
+    torch.testing.assert_close(model[1].running_mean, means.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model[1].running_var, variances.mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_short_epoch_leaves_batch_norm_statistics_that_describe_the_data(mnist) -> None:
+    """One epoch of 2,000 images is 15 steps of the default batch of 128: momentum 0.1 would
+    leave BatchNorm's running statistics mostly at their initial (0, 1), and the test accuracy
+    below chance (12% before). Recomputed at the end of the short epoch, they describe the data."""
+    data = mnist.head(2000, 2000)
+    assert len(data.train) // TrainOptions().batch_size < SHORT_EPOCH
+    result = train_run(parse_variant("bn"), 0, data, TrainOptions(epochs=1), torch.device("cpu"))
+    assert result.metrics[-1].test_acc > 40.0  # 53.7% measured; 12.2% without
+    assert result.metrics[-1].test_acc > result.metrics[-1].train_acc
+
+
+@pytest.mark.slow
+def test_glyph_folder_trains_with_the_defaults(tmp_path: Path) -> None:
+    """The issue's bar on a folder normlab was not tuned on: 8,000 letter glyphs, bn and gn,
+    5 epochs, every setting at its default: crop-only augmentation, stated in study.json, and
+    at least 90% each (97.6% and 95.3% measured at one thread; with flips, 80% and 62%)."""
+    root = tmp_path / "glyphs"
+    render(root, "train", 8000)
+    render(root, "test", 2000)
+    out = tmp_path / "study"
+    proc = run_cli(
+        "run", "--dataset", root, "--data-dir", tmp_path / "data", "--variants", "bn,gn",
+        "--epochs", "5", "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    study = json.loads((out / "study.json").read_text())
+    assert study["data"]["augment"] == "crop" and "mirrored" in study["data"]["augment_reason"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(v["final_test_acc"] >= 90 for v in summary["variants"]), summary
+    assert "augmentation: crop" in proc.stdout
