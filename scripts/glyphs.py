@@ -4,16 +4,17 @@ class (b/d and p/q are each other's mirror images; F, G, J, K, L, R have none).
     python scripts/glyphs.py OUT [--train 8000] [--test 2000]
 
 writes OUT/train/<class>/*.png and OUT/test/<class>/*.png: 28x28 grayscale, one glyph each,
-drawn in a font chosen from the machine's TrueType fonts (Debian's fonts-dejavu-core gives 22;
-without any, Pillow's built-in font), at a random size, rotation, offset and brightness, beside a
-stray stroke, with noise. The same arguments and fonts give the same images, byte for byte: every
-random number comes from a generator seeded with the split's name. The images are data, written
-outside the repository.
+drawn in one of 22 pinned DejaVu fonts (Debian's fonts-dejavu-core and fonts-dejavu-extra) at a
+random size, rotation, offset and brightness, beside a stray stroke, with noise. The same
+arguments, fonts and Pillow/FreeType give the same images, byte for byte: every random number
+comes from a generator seeded with the split's name. The images are data, written outside the
+repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import zlib
 from pathlib import Path
 
@@ -21,18 +22,49 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 CLASSES = ("b", "d", "p", "q", "F", "G", "J", "K", "L", "R")
-FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype"))
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+# The 22 DejaVu faces of Debian's fonts-dejavu-core and fonts-dejavu-extra, pinned: the number of
+# fonts changes every later random draw, so "whatever is installed" would change the data.
+FONTS = (
+    "DejaVuMathTeXGyre.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSans-ExtraLight.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSansCondensed-Bold.ttf",
+    "DejaVuSansCondensed-BoldOblique.ttf",
+    "DejaVuSansCondensed-Oblique.ttf",
+    "DejaVuSansCondensed.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerifCondensed-Bold.ttf",
+    "DejaVuSerifCondensed-BoldItalic.ttf",
+    "DejaVuSerifCondensed-Italic.ttf",
+    "DejaVuSerifCondensed.ttf",
+)
 SIZE, CANVAS = 28, 56
 
 
 def fonts() -> list[Path]:
-    """The machine's TrueType/OpenType fonts, sorted so the choice per image is reproducible."""
-    found = [p for d in FONT_DIRS if d.is_dir() for p in d.rglob("*.[ot]tf")]
-    return sorted(found, key=lambda p: p.name)
+    """The pinned fonts; one line naming the packages when any is missing."""
+    missing = [name for name in FONTS if not (FONT_DIR / name).is_file()]
+    if missing:
+        sys.exit(
+            f"glyphs: {len(missing)} font(s) missing from {FONT_DIR}, e.g. {missing[0]}; "
+            "install Debian's fonts-dejavu-core and fonts-dejavu-extra"
+        )
+    return [FONT_DIR / name for name in FONTS]
 
 
-def load_font(path: Path | None, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(path), size) if path else ImageFont.load_default(size)
+def load_font(path: Path, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(path), size)
 
 
 def glyph(letter: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator) -> Image.Image:
@@ -55,7 +87,7 @@ def glyph(letter: str, font: ImageFont.FreeTypeFont, rng: np.random.Generator) -
 def render(out: Path, split: str, count: int) -> None:
     """`count` images of `split`, the classes in turn, each from the split's own generator."""
     rng = np.random.default_rng(zlib.crc32(split.encode()))
-    paths: list[Path | None] = list(fonts()) or [None]
+    paths = fonts()
     for letter in CLASSES:
         (out / split / letter).mkdir(parents=True, exist_ok=True)
     for i in range(count):

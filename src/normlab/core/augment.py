@@ -13,8 +13,8 @@ An augmentation is written as `+`-joined steps, applied in this order:
 
 `none` turns it off. The default (`auto`, see `auto_augment`) never changes a label: MNIST gets
 `digits` (a flipped 2 or 7 is not a digit); flips only where a mirrored image is known to be the
-same class, CIFAR-10 and Fashion-MNIST (recognised by name or by their class list, so the JPEG
-copy of CIFAR-10 counts); any other image folder gets `crop` alone, since a mirrored letter,
+same class, CIFAR-10 and Fashion-MNIST (by name; an image folder of CIFAR-10, such as its JPEG
+copy, by its class names); any other image folder gets `crop` alone, since a mirrored letter,
 digit, sign or X-ray may be another class. A folder can declare its own default in a
 `normlab.yaml` beside train/ and test/ (`augment: crop+flip`). Cutout is left out by default: the
 study's networks are small (under 50,000 parameters) and barely overfit in 20 epochs (the
@@ -36,27 +36,28 @@ from normlab.errors import NormlabError
 AUGMENT_STEPS = ("digits", "crop", "flip", "cutout")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship")
 CIFAR10_CLASSES += ("truck",)
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt")
-FASHION_CLASSES += ("Sneaker", "Bag", "Ankle boot")
-# Datasets whose classes survive a horizontal flip, by name and by class list.
-MIRROR_SAFE = {"cifar10": CIFAR10_CLASSES, "fashion-mnist": FASHION_CLASSES}
+MIRROR_SAFE = ("cifar10", "fashion-mnist")  # datasets whose classes survive a horizontal flip
 
 
 def auto_augment(data: Dataset) -> tuple[str, str]:
-    """What `--augment auto` means for `data`, and why (the study stores and reports both)."""
+    """What `--augment auto` means for `data`, and why (the study stores and reports both).
+    An image folder of CIFAR-10 (such as its JPEG copy) is recognised by its class names."""
     if data.augment is not None:
         try:
-            parse_augment(data.augment)
-        except NormlabError as exc:
-            raise NormlabError(f"{data.name}'s normlab.yaml: {exc}") from None
-        return data.augment, "declared in the dataset folder's normlab.yaml"
+            steps = parse_augment(data.augment)
+        except NormlabError:
+            raise NormlabError(
+                f"the normlab.yaml of {data.name} sets augment: {data.augment!r}; write steps "
+                f"joined by '+' from {', '.join(AUGMENT_STEPS)} (e.g. crop+flip), or none"
+            ) from None
+        return "+".join(steps) or "none", "declared in the dataset folder's normlab.yaml"
     if data.name == "mnist":
         return "digits", "handwritten digits: small rotations, shifts and zooms, no flips"
-    if data.name in MIRROR_SAFE or tuple(data.classes) in MIRROR_SAFE.values():
+    if data.name in MIRROR_SAFE or {c.lower() for c in data.classes} == set(CIFAR10_CLASSES):
         return "crop+flip", "shifts and flips: a mirrored image of these classes is the same class"
     return "crop", (
-        "shifts only: a mirrored letter, digit or sign may be another class "
-        "(--augment crop+flip if this folder's classes are mirror-safe)"
+        "shifts only: a mirrored letter, digit or sign may be another class; "
+        "--augment crop+flip if this folder's classes are mirror-safe"
     )
 
 

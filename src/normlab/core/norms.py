@@ -153,9 +153,11 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) ->
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
-    for x in inputs:
-        model(x)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
+    try:
+        model.train()
+        for x in inputs:
+            model(x)
+    finally:  # even after a failed pass, the layers average as they did before
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)

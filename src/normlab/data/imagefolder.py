@@ -254,9 +254,10 @@ def load_image_folder(path: Path, data_dir: Path) -> Dataset:
             arrays = {k: z[k] for k in z.files}
     else:
         root = find_root(extract(path, cache / "extracted", key) if archive else path)
+        settings = declared(root)  # a bad normlab.yaml fails before the decoding, not after
         arrays, classes = decode_folder(root)
         mean, std = channel_stats(torch.from_numpy(arrays["train_images"]))
-        stats = {"key": key, "classes": classes, "mean": mean, "std": std, **declared(root)}
+        stats = {"key": key, "classes": classes, "mean": mean, "std": std, **settings}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_atomic(arrays_file, buffer.getvalue())

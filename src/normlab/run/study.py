@@ -157,6 +157,19 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
     }
 
 
+def same_augmentation(previous: dict | None, record: dict, out: Path) -> None:
+    """Refuse to resume a study whose `auto` augmentation now resolves differently (an edited
+    normlab.yaml, or a version with other defaults): its finished runs and its remaining ones
+    would have trained differently, and study.json would claim one augmentation for both."""
+    old = ((previous or {}).get("data") or {}).get("augment")
+    new = record["data"]["augment"]
+    if old is not None and old != new:
+        raise NormlabError(
+            f"{out} was trained with augmentation {old!r}, but it would now be {new!r} "
+            f"({record['data']['augment_reason']}); use another --out, or --fresh to start over"
+        )
+
+
 def pending_jobs(out: Path, runs: list[RunSpec], reporter: Reporter) -> list[Job]:
     """The runs still to do, each with its checkpoint's path; finished ones are reported as
     skipped (and a checkpoint left by a kill between writing the run and removing it goes)."""
@@ -199,7 +212,9 @@ def run_study(
     runs = config.runs()
     config.check_network(data.input_shape, len(data.train))
     bf16 = use_bf16(device, config.train.precision)
-    write_json(out / "study.json", study_record(config, data, environment(device, bf16)))
+    record = study_record(config, data, environment(device, bf16))
+    same_augmentation(stored_study(out / "study.json"), record, out)
+    write_json(out / "study.json", record)
     jobs = pending_jobs(out, runs, reporter)
 
     def on_done(job: Job, result: RunResult) -> None:
