@@ -34,8 +34,10 @@ from normlab.data import Dataset
 from normlab.errors import NormlabError
 
 AUGMENT_STEPS = ("digits", "crop", "flip", "cutout")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship")
-CIFAR10_CLASSES += ("truck",)
+CIFAR10_CLASSES = (
+    *("airplane", "automobile", "bird", "cat", "deer"),
+    *("dog", "frog", "horse", "ship", "truck"),
+)
 MIRROR_SAFE = ("cifar10", "fashion-mnist")  # datasets whose classes survive a horizontal flip
 
 
