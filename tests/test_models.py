@@ -80,3 +80,13 @@ def test_check_network_refuses_batchnorm_on_one_value_per_channel() -> None:
     check_network(spec, INPUT_SHAPES["mnist"], ["bn"], None, batch=2)
     check_network(spec, INPUT_SHAPES["mnist"], ["gn"], None, batch=1)
     check_network("auto", INPUT_SHAPES["mnist"], ["bn"], None, batch=1)
+
+
+@pytest.mark.parametrize("norm", ["brn", "evonorm-b0"])
+def test_check_network_refuses_every_batch_variance_on_one_value_per_channel(norm: str) -> None:
+    """Batch Renormalization and EvoNorm-B0 also take an unbiased variance over the batch: of
+    one value per channel it is 0/0, and they would raise mid-training."""
+    spec = "16 M M M M 16"
+    with pytest.raises(NormlabError, match="batches of at least 2"):
+        check_network(spec, INPUT_SHAPES["mnist"], [norm], None, batch=1)
+    check_network(spec, INPUT_SHAPES["mnist"], [norm], None, batch=2)

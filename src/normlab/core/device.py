@@ -48,8 +48,8 @@ def memory_format(device: torch.device, norm: str) -> torch.memory_format:
     """channels_last, except GroupNorm/InstanceNorm on CPU: PyTorch's CPU GroupNorm kernel for
     more than one group is many times slower on channels_last bf16 input than on contiguous
     input (a one-off profile, not committed), while BatchNorm and LayerNorm (one group) run
-    faster on it."""
-    if device.type == "cpu" and norm in ("gn", "in"):
+    faster on it. ws+gn normalizes its activations with that same GroupNorm."""
+    if device.type == "cpu" and norm in ("gn", "in", "ws+gn"):
         return torch.contiguous_format
     return torch.channels_last
 

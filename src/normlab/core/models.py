@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from normlab.core.norms import make_norm
+from normlab.core.norms import conv_layer, make_activation, make_norm
 from normlab.errors import NormlabError, first_line
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
@@ -125,6 +125,7 @@ class Net(nn.Module):
         self.norm, self.arch = norm, arch
         layers: list[nn.Module] = []
         channels = in_channels
+        conv = conv_layer(norm)
         for token in parse_arch(arch):
             if token == "M":
                 layers.append(MaxPool2d())
@@ -132,7 +133,7 @@ class Net(nn.Module):
             out, kind = token
             size, pad = (1, 0) if kind == "t" else (3, 0 if kind == "v" else 1)
             layers += [
-                nn.Conv2d(
+                conv(
                     channels,
                     out,
                     size,
@@ -141,7 +142,7 @@ class Net(nn.Module):
                     bias=norm == "none",
                 ),
                 make_norm(norm, out, groups),
-                nn.ReLU(inplace=True),
+                make_activation(norm),
             ]
             channels = out
         self.features = nn.Sequential(*layers)
@@ -180,6 +181,11 @@ def layer_summary(model: Net, input_shape: tuple[int, int, int]) -> list[LayerIn
     return rows
 
 
+# The layers that take an unbiased variance over the batch when training: of one value per
+# channel it is 0/0, and each raises mid-training (EvoNorm-B0 a ZeroDivisionError).
+BATCH_LAYERS = ("BatchNorm2d", "BatchRenorm2d", "EvoNorm2dB0")
+
+
 def check_network(
     model: str,
     input_shape: tuple[int, int, int] | None,
@@ -211,10 +217,10 @@ def check_network(
                     f"({first_line(exc, 'no detail')}); "
                     "pass a --model spec with fewer 'M' or stride-2 layers"
                 ) from None
-            single = [r for r in rows if r.kind == "BatchNorm2d" and r.out_shape[1:] == (1, 1)]
+            single = [r for r in rows if r.kind in BATCH_LAYERS and r.out_shape[1:] == (1, 1)]
             if single and batch < 2:
                 raise NormlabError(
-                    f"BatchNorm layer {single[0].name} of {arch!r} would normalize one value "
-                    "per channel (a batch of one image at 1x1); train on batches of at least "
+                    f"{single[0].kind} layer {single[0].name} of {arch!r} would normalize one "
+                    "value per channel (a batch of one image at 1x1); train on batches of at least "
                     "2 (--batch-size, --limit-train) or use a --model with larger maps"
                 )

@@ -10,28 +10,62 @@ variance:
     in  InstanceNorm   over (H, W) for each sample and channel: GroupNorm with C groups
 
 `ln` deliberately has GroupNorm(1, C) semantics, not `nn.LayerNorm([C, H, W])`: the statistics
-are the same, but nn.LayerNorm's affine is per *element*, which multiplies the affine parameters
-by H*W and ties the model to one input size.
+are the same, but nn.LayerNorm's learned scale and shift are per *element*, which multiplies the
+affine parameters by H*W and ties the model to one input size.
+
+The norms that came later (`brn`, `ws+gn`, `frn`, `evonorm-b0`, `evonorm-s0`, `ln2d`, `rms`)
+are built here too, from timm where it has them; `recent_norms` says what each computes and
+holds their references. Three of them (frn and the two EvoNorms) include their nonlinearity, so
+the network puts no ReLU after them (`make_activation`), and ws+gn also changes the convolutions
+(`conv_layer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
+from types import ModuleType
 
 import torch
 from torch import nn
 
+from normlab.core.recent_norms import BatchRenorm2d, RmsNormCHW
 from normlab.errors import NormlabError
 
-NORMS = ("bn", "gn", "ln", "in", "none")
+NORMS = (
+    "bn",
+    "gn",
+    "ln",
+    "in",
+    "brn",
+    "ws+gn",
+    "frn",
+    "evonorm-b0",
+    "evonorm-s0",
+    "ln2d",
+    "rms",
+    "none",
+)
 NORM_NAMES = {
     "bn": "BatchNorm",
     "gn": "GroupNorm",
     "ln": "LayerNorm",
     "in": "InstanceNorm",
+    "brn": "Batch Renormalization",
+    "ws+gn": "Weight Standardization + GroupNorm",
+    "frn": "Filter Response Norm + TLU",
+    "evonorm-b0": "EvoNorm-B0",
+    "evonorm-s0": "EvoNorm-S0",
+    "ln2d": "LayerNorm over channels (ConvNeXt)",
+    "rms": "RMSNorm over (C, H, W)",
     "none": "no normalization",
 }
+# Norms whose layer includes its nonlinearity (FRN's TLU, EvoNorm's max and sigmoid): a ReLU
+# after them would cut what they learned to let through.
+SELF_ACTIVATED = ("frn", "evonorm-b0", "evonorm-s0")
+GROUPED = ("gn", "ws+gn", "evonorm-s0")  # the norms that --groups applies to
 EPS = 1e-5
+WS_EPS = 1e-6  # timm StdConv2d's default: added to the variance of a filter's weights
 
 
 def default_groups(channels: int) -> int:
@@ -44,25 +78,62 @@ def default_groups(channels: int) -> int:
     return 1
 
 
+def channel_groups(kind: str, channels: int, groups: int | None) -> int:
+    """The group count of a grouped norm: `groups`, else `default_groups`; refused unless it
+    divides `channels`."""
+    g = groups if groups is not None else default_groups(channels)
+    if g < 1 or channels % g:
+        raise NormlabError(
+            f"{NORM_NAMES[kind]} groups={g} does not divide {channels} channels; "
+            f"choose a divisor of every layer's channel count (e.g. --groups 2)"
+        )
+    return g
+
+
+def timm_layers() -> ModuleType:
+    """`timm.layers`, imported when a layer is first built: importing timm loads its model zoo
+    and torchvision (seconds), which commands that build no timm layer should not wait for."""
+    import timm.layers
+
+    return timm.layers
+
+
 def make_norm(kind: str, channels: int, groups: int | None = None) -> nn.Module:
-    """Build the normalization layer `kind` for `channels` feature maps."""
-    if kind == "bn":
-        return nn.BatchNorm2d(channels, eps=EPS)
-    if kind == "gn":
-        g = groups if groups is not None else default_groups(channels)
-        if g < 1 or channels % g:
-            raise NormlabError(
-                f"GroupNorm groups={g} does not divide {channels} channels; "
-                f"choose a divisor of every layer's channel count (e.g. --groups 2)"
-            )
-        return nn.GroupNorm(g, channels, eps=EPS)
-    if kind == "ln":
-        return nn.GroupNorm(1, channels, eps=EPS)
-    if kind == "in":
-        return nn.GroupNorm(channels, channels, eps=EPS)
-    if kind == "none":
-        return nn.Identity()
-    raise NormlabError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    """Build the normalization layer `kind` for `channels` feature maps. `groups` applies to
+    the grouped norms (`GROUPED`) only. EvoNorm-S0's groups follow GroupNorm's rule rather than
+    timm's default of 32, which would leave fewer than one channel a group in small networks."""
+    if kind in GROUPED:
+        g = channel_groups(kind, channels, groups)
+        if kind == "evonorm-s0":
+            return timm_layers().EvoNorm2dS0(channels, groups=g, eps=EPS)
+        return nn.GroupNorm(g, channels, eps=EPS)  # ws+gn: the weights are standardized instead
+    layers = {
+        "bn": lambda: nn.BatchNorm2d(channels, eps=EPS),
+        "ln": lambda: nn.GroupNorm(1, channels, eps=EPS),
+        "in": lambda: nn.GroupNorm(channels, channels, eps=EPS),
+        "brn": lambda: BatchRenorm2d(channels, eps=EPS),
+        "frn": lambda: timm_layers().FilterResponseNormTlu2d(channels, eps=EPS),
+        "evonorm-b0": lambda: timm_layers().EvoNorm2dB0(channels, eps=EPS),  # timm's eps: 1e-3
+        "ln2d": lambda: timm_layers().LayerNorm2d(channels, eps=EPS),  # timm's eps: 1e-6
+        "rms": lambda: RmsNormCHW(channels, eps=EPS),
+        "none": nn.Identity,
+    }
+    if kind not in layers:
+        raise NormlabError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    return layers[kind]()
+
+
+def conv_layer(norm: str) -> Callable[..., nn.Conv2d]:
+    """What builds the network's block convolutions under `norm` (nn.Conv2d's arguments): timm's
+    StdConv2d for ws+gn, each filter standardized over (C_in, kH, kW) on every forward pass,
+    else nn.Conv2d."""
+    return partial(timm_layers().StdConv2d, eps=WS_EPS) if norm == "ws+gn" else nn.Conv2d
+
+
+def make_activation(norm: str) -> nn.Module:
+    """What follows the norm in a block: a ReLU, or nothing where the norm is its own
+    nonlinearity (`SELF_ACTIVATED`)."""
+    return nn.Identity() if norm in SELF_ACTIVATED else nn.ReLU(inplace=True)
 
 
 # ---------------------------------------------------------------------------------------------
