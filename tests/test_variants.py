@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from normlab.config import DEFAULT_L1, DEFAULT_L2, StudyConfig, TrainOptions, parse_variants
 from normlab.config import parse_variant as pv
 from normlab.errors import NormlabError
+from normlab.store.results import run_dir
 
 
 def test_assignment_variants() -> None:
@@ -47,3 +50,37 @@ def test_config_round_trips_through_json_form() -> None:
 def test_bad_train_options(kw: dict) -> None:
     with pytest.raises(NormlabError):
         TrainOptions(**kw)
+
+
+@pytest.mark.parametrize(
+    "text, norm, l1, l2",
+    [
+        ("ws+gn", "ws+gn", 0.0, 0.0),
+        ("ws+gn+l1", "ws+gn", DEFAULT_L1, 0.0),
+        (" WS + GN + l2=0.001 ", "ws+gn", 0.0, 0.001),
+        ("ws+gn+l1=5e-5+l2", "ws+gn", 5e-5, DEFAULT_L2),
+        ("evonorm-b0+l1", "evonorm-b0", DEFAULT_L1, 0.0),
+    ],
+)
+def test_a_norm_whose_name_has_a_plus_is_read_whole(
+    text: str, norm: str, l1: float, l2: float
+) -> None:
+    """The longest known norm name comes first, so `ws+gn+l1` is ws+gn with L1."""
+    v = pv(text)
+    assert (v.norm, v.l1, v.l2) == (norm, l1, l2)
+    assert pv(v.name) == v
+
+
+@pytest.mark.parametrize("text", ["ws", "ws+l1", "gn+ws", "ws+gn+gn", "ws+gn+l1+l1"])
+def test_half_a_compound_norm_is_refused(text: str) -> None:
+    with pytest.raises(NormlabError, match=r"not a norm|not a regularizer"):
+        pv(text)
+
+
+def test_compound_norm_variants_get_their_own_folders(tmp_path: Path) -> None:
+    variants = parse_variants("ws+gn,ws+gn+l1,gn")
+    assert [v.name for v in variants] == ["ws+gn", "ws+gn+l1", "gn"]
+    folder = run_dir(tmp_path, variants[1].name, 0)
+    assert folder.relative_to(tmp_path).parts == ("ws+gn+l1", "seed0")
+    folder.mkdir(parents=True)
+    assert pv(folder.parent.name) == variants[1]

@@ -1,9 +1,10 @@
 """One study configuration, validated once before any work starts.
 
 A *variant* is a norm plus regularizers, written like `gn`, `bn+l1`, `gn+l2` or `bn+l1+l2`;
-a regularizer may carry its own strength, `bn+l1=5e-5`. A *study* is variants x batch sizes x
-learning rates x seeds, all trained with the same `TrainOptions`; `normlab run` is the study of
-one batch size and one learning rate. CLI flags, study files, presets and the notebook all
+a regularizer may carry its own strength, `bn+l1=5e-5`. A norm's own name may contain '+'
+(`ws+gn`, and `ws+gn+l1` with L1). A *study* is variants x batch sizes x learning rates x
+seeds, all trained with the same `TrainOptions`; `normlab run` is the study of one batch size
+and one learning rate. CLI flags, study files, presets and the notebook all
 build this one `StudyConfig`, and it is stored with the results, so a result is never
 separated from the settings that produced it.
 
@@ -82,9 +83,14 @@ class Variant(Validated):
 
 
 def parse_variant(text: str, l1: float = DEFAULT_L1, l2: float = DEFAULT_L2) -> Variant:
-    """Parse `norm[+l1[=λ]][+l2[=λ]]`; `l1`/`l2` alone take the given default strengths."""
+    """Parse `norm[+l1[=λ]][+l2[=λ]]`; `l1`/`l2` alone take the given default strengths.
+
+    A norm's name may itself contain '+' (`ws+gn`), so the norm is the longest run of leading
+    '+'-separated tokens that names one: `ws+gn+l1` is ws+gn with l1."""
     tokens = [t.strip() for t in text.strip().lower().split("+")]
-    norm, regs = tokens[0], tokens[1:]
+    known = [k for k in range(len(tokens), 0, -1) if "+".join(tokens[:k]) in NORMS]
+    split = known[0] if known else 1
+    norm, regs = "+".join(tokens[:split]), tokens[split:]
     if norm not in NORMS:
         raise NormlabError(
             f"unknown variant {text!r}: {norm!r} is not a norm; write NORM[+l1][+l2] with NORM "
