@@ -171,7 +171,8 @@ def explain(
         bool, typer.Option(help="Print markdown (for a report or README).")
     ] = False,
 ) -> None:
-    """Show, with numbers, which elements BN, LN, GN and IN normalize together."""
+    """Show, with numbers, which elements each norm normalizes together, checked against the
+    layer normlab builds."""
     x = parse_values(values) if values is not None else example_tensor(seed)
     blocks = explain_blocks(x)
     if markdown:
@@ -221,7 +222,7 @@ def params(
         str, typer.Option(help=f"Whose network: {', '.join(INPUT_SHAPES)} (by input shape).")
     ] = "mnist",
     norm: Annotated[str, typer.Option(help="Norm to show the layers of.")] = "gn",
-    groups: Annotated[int | None, typer.Option(help="GroupNorm groups.")] = None,
+    groups: Annotated[int | None, typer.Option(help="Groups of gn, ws+gn and evonorm-s0.")] = None,
     model: Annotated[
         str,
         typer.Option(help=f"auto (by input shape), a name ({', '.join(ARCHS)}) or a spec string."),

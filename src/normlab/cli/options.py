@@ -71,7 +71,7 @@ STUDY_OPTIONS: dict[str, Any] = {
     "precision": option(
         str, f"{', '.join(PRECISIONS)}: auto is bf16 where the hardware is fast at it.", "auto"
     ),
-    "groups": option(int, "GroupNorm groups.", "about 4 channels a group"),
+    "groups": option(int, "Groups of gn, ws+gn and evonorm-s0.", "about 4 channels a group"),
     "augment": option(
         str,
         "auto (chosen for the dataset so that no label changes: see the study's report), "

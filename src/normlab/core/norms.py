@@ -32,11 +32,12 @@ from torch import nn
 from normlab.core.recent_norms import BatchRenorm2d, RmsNormCHW
 from normlab.errors import NormlabError
 
-NORMS = (
+NORMS = (  # the four of the original study and none, then the later ones
     "bn",
     "gn",
     "ln",
     "in",
+    "none",
     "brn",
     "ws+gn",
     "frn",
@@ -44,7 +45,6 @@ NORMS = (
     "evonorm-s0",
     "ln2d",
     "rms",
-    "none",
 )
 NORM_NAMES = {
     "bn": "BatchNorm",
