@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
-from normlab.report.explain import example_tensor, explain, parse_values
+from normlab.report.explain import PANELS, example_tensor, explain, parse_values
 from normlab.report.gallery import confident_mistakes, confusion
 from normlab.report.stats import holm, mcnemar_exact, seeds_test, wilson_interval
 from tests.conftest import REPO
@@ -73,23 +74,67 @@ def test_wilson_interval_and_holm() -> None:
     "x", [example_tensor(0), example_tensor(7), torch.randn(3, 4, 2, 2).double()]
 )
 def test_explain_numbers_equal_pytorch(x: torch.Tensor) -> None:
-    bn, ln, gn, inorm = explain(x)
-    assert [e.key for e in (bn, ln, gn, inorm)] == ["bn", "ln", "gn", "in"]
-    assert all(e.matches for e in (bn, ln, gn, inorm))
-    torch.testing.assert_close(bn.means, x.mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(bn.variances, x.var(dim=(0, 2, 3), unbiased=False))
+    examples = explain(x)
+    assert sorted(e.key for e in examples) == sorted(n for n in NORMS if n != "none")
+    assert all(e.matches for e in examples)
+    bn, ln, gn, inorm = examples[:4]
+    bn_stats, ln_stats, gn_stats, in_stats = (e.stats[0].values for e in examples[:4])
+    torch.testing.assert_close(bn_stats["mean"], x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(bn_stats["variance"], x.var(dim=(0, 2, 3), unbiased=False))
     torch.testing.assert_close(bn.output, F.batch_norm(x, None, None, training=True, eps=1e-5))
-    torch.testing.assert_close(ln.means, x.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(ln_stats["mean"], x.mean(dim=(1, 2, 3)))
     torch.testing.assert_close(ln.output, F.layer_norm(x, x.shape[1:], eps=1e-5))
-    torch.testing.assert_close(gn.means, x.reshape(len(x), 2, -1).mean(2).flatten())
+    torch.testing.assert_close(gn_stats["mean"], x.reshape(len(x), 2, -1).mean(2).flatten())
     torch.testing.assert_close(gn.output, F.group_norm(x, 2, eps=1e-5))
-    torch.testing.assert_close(inorm.variances, x.var(dim=(2, 3), unbiased=False).flatten())
+    torch.testing.assert_close(in_stats["variance"], x.var(dim=(2, 3), unbiased=False).flatten())
     torch.testing.assert_close(inorm.output, F.instance_norm(x, eps=1e-5))
     # group labels: how many elements share each mean
     n, c = x.shape[:2]
     for e, groups in ((bn, c), (ln, n), (gn, 2 * n), (inorm, n * c)):
         counts = torch.bincount(e.group_of.flatten())
         assert len(counts) == groups and (counts == x.numel() // groups).all()
+
+
+@pytest.mark.parametrize(
+    "x", [example_tensor(0), example_tensor(7), torch.randn(3, 4, 2, 2).double() * 4]
+)
+def test_explain_later_norms_numbers(x: torch.Tensor) -> None:
+    e = {ex.key: ex for ex in explain(x)}
+    n, c = x.shape[:2]
+    ln2d, rms, frn = e["ln2d"], e["rms"], e["frn"]
+    torch.testing.assert_close(ln2d.stats[0].values["mean"], x.mean(dim=1).flatten())
+    per_pixel = F.layer_norm(x.permute(0, 2, 3, 1), (c,), eps=1e-5).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln2d.output, per_pixel)
+    torch.testing.assert_close(rms.stats[0].values["mean square"], x.square().mean((1, 2, 3)))
+    torch.testing.assert_close(rms.output, F.rms_norm(x, x.shape[1:], eps=1e-5))
+    torch.testing.assert_close(
+        frn.output, (x / x.square().mean((2, 3), True).add(1e-5).sqrt()).relu()
+    )
+    standardized = e["ws+gn"].output.reshape(n, -1)  # the example read as n filters
+    torch.testing.assert_close(standardized.mean(1), torch.zeros(n, dtype=x.dtype))
+    for name, values in e["ws+gn"].stats[1].values.items():  # its activations: GroupNorm's
+        assert torch.equal(values, e["gn"].stats[0].values[name])
+    brn = e["brn"].stats[0].values  # a fresh layer's running statistics (0, 1), limits (3, 5)
+    free = ((brn["r"] > 1 / 3) & (brn["r"] < 3) & (brn["d"].abs() < 5)).view(1, -1, 1, 1)
+    torch.testing.assert_close(  # unclipped: what evaluation with (0, 1) gives, x itself
+        e["brn"].output * free, x / (1 + 1e-5) ** 0.5 * free
+    )
+    b0 = e["evonorm-b0"]
+    torch.testing.assert_close(b0.stats[0].values["variance"], e["bn"].stats[0].values["variance"])
+    torch.testing.assert_close(b0.stats[1].values["variance"], e["in"].stats[0].values["variance"])
+
+
+def test_axes_panels_name_only_norms_that_share_the_panels_groups() -> None:
+    examples = {ex.key: ex for ex in explain(example_tensor(0))}
+    drawn = set()
+    for panel in PANELS:
+        (key, index), *others = panel
+        for other, i in others:
+            assert torch.equal(
+                examples[other].stats[i].group_of, examples[key].stats[index].group_of
+            )
+        drawn |= {k for k, _ in panel}
+    assert drawn == set(examples)  # every norm is in the figure
 
 
 def test_parse_values() -> None:
@@ -177,7 +222,7 @@ def test_report_of_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
 def test_explain_cli() -> None:
     done = normlab("explain", "--markdown", "--seed", "3")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("(equal)") == 6 and "DIFFERENT" not in done.stdout
+    assert done.stdout.count("(equal)") == 15 and "DIFFERENT" not in done.stdout
     assert "GroupNorm(1, C)" in done.stdout
     bad = normlab("explain", "--values", "1,2")
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr

@@ -1,48 +1,68 @@
-"""The worked example: what BatchNorm, LayerNorm, GroupNorm and InstanceNorm compute on one small
-tensor, with the numbers, checked against PyTorch's layers.
+"""The worked example: what each norm computes on one small tensor, with the numbers, checked
+against the layers the models use.
 
-All four compute (x - mean) / sqrt(var + eps) and differ only in which elements share one mean
-and variance. The example labels every element of an (N, C, H, W) tensor with the statistics
-group it belongs to, prints each group's mean and variance and the normalized output, and holds
-the from-scratch references of `norms.py` to the PyTorch layers the models use. The same
+BatchNorm, LayerNorm, GroupNorm and InstanceNorm all compute (x - mean) / sqrt(var + eps) and
+differ only in which elements share one mean and variance; the later norms also change the
+statistic (a mean square, a variance without centring x) or what is normalized (the weights).
+The example labels every element of an (N, C, H, W) tensor with the statistics group it belongs
+to, prints each group's statistics and the output, and holds the from-scratch references of
+`core.norms` and `core.recent_norms` to the layers (`norm_examples`, `recent_examples`). The same
 numbers feed the terminal tables, the markdown of the report and the axes figure.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import textwrap
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from normlab.core.norms import EPS, group_stats, make_norm, ref_batch_norm, ref_group_norm
 from normlab.errors import NormlabError
 from normlab.report.doc import Block, Heading, Image, Para, Table
+from normlab.report.norm_examples import (
+    ACTIVATIONS,
+    GN_GROUPS,
+    NormExample,
+    Reading,
+    Statistics,
+    batch_example,
+    grouped_example,
+)
 from normlab.report.plotting import pyplot, save_figure
+from normlab.report.recent_examples import recent_examples
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 SHAPE = (2, 4, 2, 2)  # N, C, H, W: two samples are the fewest for which BatchNorm differs
-GN_GROUPS = 2
-TOLERANCE = 1e-6
 
-
-@dataclass(frozen=True)
-class NormExample:
-    """One norm applied to the example: its groups, their statistics, its output, the check."""
-
-    key: str
-    title: str
-    axes: str
-    group_of: torch.Tensor  # (N, C, H, W) int: which statistics each element uses
-    means: torch.Tensor  # one per group, in group-id order
-    variances: torch.Tensor
-    output: torch.Tensor
-    layers: list[tuple[str, float]]  # (PyTorch layer, max |reference - layer|)
-
-    @property
-    def matches(self) -> bool:
-        return all(diff <= TOLERANCE for _, diff in self.layers)
+# The axes figure: one panel per way of grouping the elements, naming every norm (and which of
+# its statistics, by index) that groups them so; the first is drawn. test_report checks that
+# each named grouping is the panel's.
+PANELS: tuple[tuple[tuple[str, int], ...], ...] = (
+    (("bn", 0), ("brn", 0), ("evonorm-b0", 0)),
+    (("ln", 0), ("rms", 0)),
+    (("gn", 0), ("ws+gn", 1), ("evonorm-s0", 0)),
+    (("in", 0), ("frn", 0), ("evonorm-b0", 1)),
+    (("ln2d", 0),),
+    (("ws+gn", 0),),
+)
+SHORT = {
+    "bn": "BN",
+    "ln": "LN",
+    "gn": "GN",
+    "in": "IN",
+    "brn": "BRN",
+    "ws+gn": "WS+GN",
+    "frn": "FRN",
+    "evonorm-b0": "EvoNorm-B0",
+    "evonorm-s0": "EvoNorm-S0",
+    "ln2d": "LN2d",
+    "rms": "RMS",
+}
 
 
 def example_tensor(seed: int = 0) -> torch.Tensor:
@@ -68,86 +88,31 @@ def parse_values(text: str) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).reshape(-1, *SHAPE[1:])
 
 
-def _max_diff(reference: torch.Tensor, layer: nn.Module, x: torch.Tensor) -> float:
-    layer = layer.to(torch.float64).train()
-    with torch.no_grad():
-        return float((reference - layer(x)).abs().max())
-
-
-def _grouped(key: str, x: torch.Tensor, groups: int) -> NormExample:
-    """LN, GN and IN: `groups` groups of channels within each sample."""
-    n, c = x.shape[:2]
-    mean, var = group_stats(x, groups)
-    out = ref_group_norm(x, groups)
-    ids = (
-        torch.arange(n * groups)
-        .reshape(n, groups, 1, 1, 1)
-        .expand(n, groups, c // groups, *x.shape[2:])
-    )
-    titles = {
-        "ln": ("LayerNorm", "over (C, H, W) of each sample"),
-        "gn": (f"GroupNorm ({groups} groups)", "over (C/G, H, W) of each sample and group"),
-        "in": ("InstanceNorm", "over (H, W) of each sample and channel"),
-    }
-    layers = [
-        (f"normlab make_norm({key!r}) = nn.GroupNorm({groups}, {c})", make_norm(key, c, groups))
-    ]
-    if key == "ln":
-        layers.append(
-            (f"nn.LayerNorm([{c}, {x.shape[2]}, {x.shape[3]}])", nn.LayerNorm(x.shape[1:], eps=EPS))
-        )
-    if key == "in":
-        layers.append((f"nn.InstanceNorm2d({c})", nn.InstanceNorm2d(c, eps=EPS)))
-    return NormExample(
-        key,
-        *titles[key],
-        ids.reshape(x.shape),
-        mean.flatten(),
-        var.flatten(),
-        out,
-        [(name, _max_diff(out, layer, x)) for name, layer in layers],
-    )
-
-
-def _batch(x: torch.Tensor) -> NormExample:
-    """BN in training mode: one group per channel, across the samples of the batch. That is
-    LayerNorm of the tensor with N and C swapped, which is how its statistics are computed."""
-    c = x.shape[1]
-    stats = group_stats(x.transpose(0, 1).reshape(1, c, -1), c)
-    mean, var = stats[0][0], stats[1][0]
-    out = ref_batch_norm(x, torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype))
-    ids = torch.arange(c).reshape(1, c, 1, 1).expand_as(x)
-    layer = (f"nn.BatchNorm2d({c}) in training mode", nn.BatchNorm2d(c, eps=EPS))
-    return NormExample(
-        "bn",
-        "BatchNorm",
-        "over (N, H, W) of each channel: across the batch",
-        ids.clone(),
-        mean,
-        var,
-        out,
-        [(layer[0], _max_diff(out, layer[1], x))],
-    )
-
-
 def explain(x: torch.Tensor) -> list[NormExample]:
-    """The four norms on `x` (N, 4, 2, 2): BN, LN, GN with 2 groups, IN."""
+    """Every norm on `x` (N, C, H, W) with C even: BN, LN, GN with 2 groups, IN, then the
+    later norms in `NORMS` order."""
     if x.dim() != 4 or x.shape[1] % GN_GROUPS:
         raise NormlabError(
             f"the example needs an (N, C, H, W) tensor with C even, got {tuple(x.shape)}"
         )
-    c = x.shape[1]
-    return [_batch(x), _grouped("ln", x, 1), _grouped("gn", x, GN_GROUPS), _grouped("in", x, c)]
+    classic = [
+        batch_example(x),
+        grouped_example("ln", x, 1),
+        grouped_example("gn", x, GN_GROUPS),
+        grouped_example("in", x, x.shape[1]),
+    ]
+    return classic + recent_examples(x)
 
 
 def _fmt(v: float) -> str:
     return f"{v:.5g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.2e}"
 
 
-def tensor_table(x: torch.Tensor, title: str) -> Table:
+def tensor_table(x: torch.Tensor, title: str, reading: Reading = ACTIVATIONS) -> Table:
     """One row per (sample, channel), one column per spatial position h,w."""
     n, c, h, w = x.shape
-    cols = ["n", "c"] + [f"h{i} w{j}" for i in range(h) for j in range(w)]
+    r = reading
+    cols = [r.outer, r.inner] + [f"{r.rows}{i} {r.cols}{j}" for i in range(h) for j in range(w)]
     rows = [
         [str(i), str(j)] + [_fmt(float(v)) for v in x[i, j].flatten()]
         for i in range(n)
@@ -156,29 +121,36 @@ def tensor_table(x: torch.Tensor, title: str) -> Table:
     return Table(cols, rows, title, right=set(range(2, len(cols))))
 
 
-def _members(ex: NormExample, gid: int) -> str:
-    """Which (n, c) pairs a group covers, e.g. `n0 c0-1`."""
-    idx = (ex.group_of[:, :, 0, 0] == gid).nonzero().tolist()
-    samples = sorted({i for i, _ in idx})
-    channels = sorted({j for _, j in idx})
+def _members(stats: Statistics, gid: int) -> str:
+    """Which elements a group covers, e.g. `n0 c0-1, all h w` or `n1 c0-3, h0 w1`."""
+    idx = (stats.group_of == gid).nonzero().tolist()
+    r = stats.reading
 
-    def span(prefix: str, vals: list[int]) -> str:
+    def span(prefix: str, axis: int) -> str:
+        vals = sorted({e[axis] for e in idx})
         return f"{prefix}{vals[0]}" if len(vals) == 1 else f"{prefix}{vals[0]}-{vals[-1]}"
 
-    return f"{span('n', samples)} {span('c', channels)}, all h w"
+    positions = {(e[2], e[3]) for e in idx}
+    where = f"all {r.rows} {r.cols}"
+    if len(positions) < stats.group_of.shape[2] * stats.group_of.shape[3]:
+        where = ", ".join(f"{r.rows}{i} {r.cols}{j}" for i, j in sorted(positions))
+    return f"{span(r.outer, 0)} {span(r.inner, 1)}, {where}"
 
 
-def stats_table(ex: NormExample) -> Table:
-    count = int((ex.group_of == 0).sum())
+def stats_table(ex: NormExample, stats: Statistics) -> Table:
+    count = int((stats.group_of == 0).sum())
+    columns = list(stats.values)
     rows = [
-        [str(g), _members(ex, g), str(count), _fmt(float(m)), _fmt(float(v))]
-        for g, (m, v) in enumerate(zip(ex.means, ex.variances, strict=True))
+        [str(g), _members(stats, g), str(count)]
+        + [_fmt(float(stats.values[k][g])) for k in columns]
+        for g in range(len(stats.values[columns[0]]))
     ]
+    label = f", {stats.label}" if stats.label else ""
     return Table(
-        ["group", "elements", "count", "mean", "variance"],
+        ["group", "elements", "count", *columns],
         rows,
-        f"{ex.title}: {len(rows)} mean/variance pairs",
-        right={2, 3, 4},
+        f"{ex.title}{label}: {len(rows)} groups, over {stats.over}",
+        right=set(range(2, 3 + len(columns))),
     )
 
 
@@ -190,23 +162,17 @@ def check_text(ex: NormExample) -> str:
     )
 
 
-LN_NOTE = (
-    "LayerNorm here is `nn.GroupNorm(1, C)`, not `nn.LayerNorm([C, H, W])`. The statistics are "
-    "the same (the check above holds it to both), but nn.LayerNorm's learned scale and shift are "
-    "per element, C·H·W of each instead of C, which multiplies the affine parameters by H·W and "
-    "ties the model to one input size."
-)
-
-
 def explain_blocks(x: torch.Tensor, figure: str | None = None) -> list[Block]:
     """The explanation as document blocks; `figure` is the axes figure's relative path."""
-    examples = explain(x)
     n, c, h, w = x.shape
     blocks: list[Block] = [
         Para(
-            "Every norm computes y = (x - mean) / sqrt(var + eps) with eps = 1e-5, then a learned "
-            "per-channel scale and shift (identity here). They differ only in which elements "
-            f"share one mean and variance. The example is an activation tensor of shape "
+            "BatchNorm, LayerNorm, GroupNorm and InstanceNorm compute y = (x - mean) / "
+            "sqrt(var + eps) with eps = 1e-5, then a learned per-channel scale and shift "
+            "(identity here), and differ only in which elements share one mean and variance. "
+            "The later norms below also change what is computed over a group (a mean square, a "
+            "variance without centring x, a correction towards running statistics) or what is "
+            "normalized (a convolution's weights). The example is an activation tensor of shape "
             f"(N, C, H, W) = ({n}, {c}, {h}, {w}); variances are biased (divide by the count), "
             "as the layers use them."
         ),
@@ -214,75 +180,86 @@ def explain_blocks(x: torch.Tensor, figure: str | None = None) -> list[Block]:
     ]
     if figure:
         blocks.append(Image(figure, "Which elements share statistics, per norm"))
-    for ex in examples:
+    for ex in explain(x):
+        blocks.append(Heading(f"{ex.title}: {ex.axes}", 3))
+        blocks += [stats_table(ex, s) for s in ex.stats]
+        weights = ex.output_reading is not ACTIVATIONS
+        output = f"{ex.title}: the standardized weights" if weights else f"{ex.title} output"
         blocks += [
-            Heading(f"{ex.title}: {ex.axes}", 3),
-            stats_table(ex),
-            tensor_table(ex.output, f"{ex.title} output"),
+            tensor_table(ex.output, output, ex.output_reading),
             Para(check_text(ex)),
         ]
-        if ex.key == "ln":
-            blocks.append(Para(LN_NOTE))
+        if ex.note:
+            blocks.append(Para(ex.note))
     blocks.append(
         Para(
-            "BatchNorm is the only one whose output for a sample depends on the other samples in "
-            "the batch (in training; at test time it uses running averages instead). LayerNorm, "
-            "GroupNorm and InstanceNorm normalize each sample on its own, so they behave the same "
-            "in training and at test time and for any batch size."
+            "BatchNorm, Batch Renormalization and EvoNorm-B0 are the ones whose output for a "
+            "sample depends on the other samples in the batch (in training; at test time they "
+            "use running averages instead). The others normalize each sample on its own, so they "
+            "behave the same in training and at test time and for any batch size."
         )
     )
     return blocks
 
 
-def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
-    """The normalization axes, drawn from the example: per norm one panel of the N x C x (H·W)
-    block, every element coloured by the statistics group it belongs to and labelled with its
-    value. Written as PNG and SVG beside each other; returns the paths."""
-    plt = pyplot()
-    examples = explain(x)
+def _panel_title(examples: dict[str, NormExample], panel: tuple[tuple[str, int], ...]) -> str:
+    """The norms that group the elements so, e.g. `IN · FRN · EvoNorm-B0's instance variance`,
+    over a line with the group count and the axes."""
+
+    def name(key: str, index: int) -> str:
+        stats = examples[key].stats
+        return SHORT[key] + (f"'s {stats[index].label}" if len(stats) > 1 else "")
+
+    key, index = panel[0]
+    first = examples[key].stats[index]
+    norms = textwrap.fill(" · ".join(name(k, i) for k, i in panel), 44)
+    return f"{norms}\n{int(first.group_of.max()) + 1} groups: over {first.over}"
+
+
+def _draw_panel(ax: Axes, plt: ModuleType, x: torch.Tensor, stats: Statistics) -> None:
+    """The N x C x (H·W) block, every element coloured by its group and labelled with its
+    value; axes named as `stats.reading` reads the tensor."""
     n, c = x.shape[:2]
     hw = x.shape[2] * x.shape[3]
     cmap = plt.get_cmap("tab20")
-    fig, axs = plt.subplots(2, 2, figsize=(9.5, 6.8), layout="constrained")
-    for ax, ex in zip(axs.flat, examples, strict=True):
-        groups = int(ex.group_of.max()) + 1
-        for i in range(n):
-            for j in range(c):
-                for k in range(hw):
-                    gid = int(ex.group_of[i, j].flatten()[k])
-                    left = i * (hw + 1) + k
-                    ax.add_patch(
-                        plt.Rectangle(
-                            (left, c - 1 - j),
-                            1,
-                            1,
-                            facecolor=cmap(gid % 20),
-                            edgecolor="white",
-                            lw=1.5,
-                        )
+    for i in range(n):
+        for j in range(c):
+            for k in range(hw):
+                gid = int(stats.group_of[i, j].flatten()[k])
+                left = i * (hw + 1) + k
+                ax.add_patch(
+                    plt.Rectangle(
+                        (left, c - 1 - j), 1, 1, facecolor=cmap(gid % 20), edgecolor="white", lw=1.5
                     )
-                    ax.text(
-                        left + 0.5,
-                        c - 0.5 - j,
-                        f"{float(x[i, j].flatten()[k]):g}",
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                    )
-        ax.set_xlim(-0.2, n * (hw + 1) - 0.8)
-        ax.set_ylim(-0.2, c + 0.2)
-        ax.set_aspect("equal")
-        ax.set_xticks(
-            [i * (hw + 1) + hw / 2 for i in range(n)], [f"sample {i}\nH·W →" for i in range(n)]
-        )
-        ax.set_yticks([c - 0.5 - j for j in range(c)], [f"c{j}" for j in range(c)])
-        ax.tick_params(length=0)
-        for side in ax.spines.values():
-            side.set_visible(False)
-        ax.set_title(f"{ex.title}\n{groups} groups: {ex.axes.removeprefix('over ')}", fontsize=10)
+                )
+                value = f"{float(x[i, j].flatten()[k]):g}"
+                ax.text(left + 0.5, c - 0.5 - j, value, ha="center", va="center", fontsize=8)
+    r = stats.reading
+    ax.set_xlim(-0.2, n * (hw + 1) - 0.8)
+    ax.set_ylim(-0.2, c + 0.2)
+    ax.set_aspect("equal")
+    ticks = [i * (hw + 1) + hw / 2 for i in range(n)]
+    ax.set_xticks(ticks, [f"{r.outer_long} {i}\n{r.spatial} →" for i in range(n)])
+    ax.set_yticks([c - 0.5 - j for j in range(c)], [f"{r.inner}{j}" for j in range(c)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
+    """The normalization axes, drawn from the example: one panel per way of grouping the
+    elements (`PANELS`), titled with every norm that groups them so. Written as PNG and SVG
+    beside each other; returns the paths."""
+    plt = pyplot()
+    examples = {ex.key: ex for ex in explain(x)}
+    fig, axs = plt.subplots(2, 3, figsize=(13.5, 6.8), layout="constrained")
+    for ax, panel in zip(axs.flat, PANELS, strict=True):
+        key, index = panel[0]
+        _draw_panel(ax, plt, x, examples[key].stats[index])
+        ax.set_title(_panel_title(examples, panel), fontsize=9.5)
     fig.suptitle(
-        f"Which elements share one mean and variance: tensor (N, C, H, W) = {tuple(x.shape)}, "
-        "one colour = one group",
+        f"Which elements share statistics: tensor (N, C, H, W) = {tuple(x.shape)}, one colour = "
+        "one group (the last panel reads it as a convolution's weights)",
         fontsize=10,
     )
     return save_figure(fig, path)
