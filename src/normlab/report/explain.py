@@ -170,7 +170,7 @@ def explain_blocks(x: torch.Tensor, figure: str | None = None) -> list[Block]:
             "BatchNorm, LayerNorm, GroupNorm and InstanceNorm compute y = (x - mean) / "
             "sqrt(var + eps) with eps = 1e-5, then a learned per-channel scale and shift "
             "(identity here), and differ only in which elements share one mean and variance. "
-            "The later norms below also change what is computed over a group (a mean square, a "
+            "The later norms also change what is computed over a group (a mean square, a "
             "variance without centring x, a correction towards running statistics) or what is "
             "normalized (a convolution's weights). The example is an activation tensor of shape "
             f"(N, C, H, W) = ({n}, {c}, {h}, {w}); variances are biased (divide by the count), "
