@@ -10,6 +10,7 @@ from normlab.config import DEFAULT_L1, DEFAULT_L2, StudyConfig, TrainOptions, pa
 from normlab.config import parse_variant as pv
 from normlab.errors import NormlabError
 from normlab.store.results import run_dir
+from normlab.studyfile import load_study, parse_study
 
 
 def test_assignment_variants() -> None:
@@ -84,3 +85,11 @@ def test_compound_norm_variants_get_their_own_folders(tmp_path: Path) -> None:
     assert folder.relative_to(tmp_path).parts == ("ws+gn+l1", "seed0")
     folder.mkdir(parents=True)
     assert pv(folder.parent.name) == variants[1]
+
+
+def test_study_files_name_the_later_norms_in_lists_and_grids(tmp_path: Path) -> None:
+    study = tmp_path / "later.yaml"
+    study.write_text("variants: [ws+gn+l1, frn, evonorm-s0]\nepochs: 1\n")
+    assert [v.name for v in load_study(str(study)).variants] == ["ws+gn+l1", "frn", "evonorm-s0"]
+    grid = parse_study({"grid": {"norm": ["ws+gn", "brn"], "l1": [0, DEFAULT_L1]}})
+    assert [v.name for v in grid.variants] == ["ws+gn", "ws+gn+l1", "brn", "brn+l1"]
