@@ -20,7 +20,9 @@ from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.report import sweep_figures
 from normlab.report.sweep_figures import write_sweep_report
+from normlab.run import executors
 from normlab.run.executors import (
+    AutoExecutor,
     Job,
     LocalExecutor,
     PoolExecutor,
@@ -164,11 +166,40 @@ def test_cli_reports_a_bad_study_file_on_one_line(tmp_path: Path) -> None:
 
 
 def test_make_executor_refuses_contradictions() -> None:
-    assert isinstance(make_executor(), LocalExecutor)
+    assert isinstance(make_executor(), AutoExecutor)
+    assert isinstance(make_executor("1"), LocalExecutor)
     with pytest.raises(NormlabError, match="exclude each other"):
         make_executor(2, "auto")
     with pytest.raises(NormlabError, match="--workers must be a positive integer"):
         PoolExecutor(0)
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(NormlabError, match="--workers must be auto or a positive integer"):
+            make_executor(bad)
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "runs", "chosen"),
+    [
+        ("cpu", 2, 3, ("pool", 2)),
+        ("cpu", 4, 3, ("pool", 3)),
+        ("cpu", 2, 1, ("local", None)),
+        ("cpu", 1, 3, ("local", None)),
+        ("cuda", 2, 3, ("local", None)),
+    ],
+)
+def test_auto_workers_one_single_threaded_process_per_run_up_to_the_cores(
+    monkeypatch: pytest.MonkeyPatch, device: str, cores: int, runs: int, chosen: tuple
+) -> None:
+    seen: list[tuple] = []
+    monkeypatch.setattr(executors, "available_cores", lambda: cores)
+    monkeypatch.setattr(executors, "resolve_device", lambda d: torch.device(d))
+    monkeypatch.setattr(
+        PoolExecutor, "execute", lambda self, *a: seen.append(("pool", self.workers, self.threads))
+    )
+    monkeypatch.setattr(LocalExecutor, "execute", lambda self, *a: seen.append(("local", None)))
+    jobs = [Job(run) for run in parse_study(tiny(Path("x"), variants=["gn"], seeds=runs)).runs()]
+    AutoExecutor().execute(jobs, None, device, Reporter(), lambda job, result: None)
+    assert seen == [(*chosen, 1) if chosen[0] == "pool" else chosen]
 
 
 # --- running sweeps on real data ------------------------------------------------------------

@@ -89,8 +89,15 @@ STUDY_OPTIONS: dict[str, Any] = {
 # How the study executes: (flag type, default), the same in `run` and `sweep`.
 EXECUTION_OPTIONS: dict[str, tuple[Any, object]] = {
     "workers": (
-        Annotated[int, typer.Option(help="Local worker processes (on CPU, the cores shared out).")],
-        1,
+        Annotated[
+            str,
+            typer.Option(
+                metavar="<int|auto>",
+                help="Local worker processes (on CPU, the cores shared out). auto: on a CPU, "
+                "one single-threaded process per run up to one per core; on a GPU, one.",
+            ),
+        ],
+        "auto",
     ),
     "cpus_per_run": (
         Annotated[int, typer.Option(help="CPUs (torch threads) each Ray task asks for.")],

@@ -17,6 +17,7 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing.queues import Queue
 from pathlib import Path
 from types import ModuleType
 
@@ -24,7 +25,7 @@ import torch
 
 from normlab.config import RunSpec
 from normlab.core.device import available_cores, resolve_device
-from normlab.core.records import RunResult
+from normlab.core.records import EpochMetrics, RunResult
 from normlab.core.train import load_checkpoint, train_run
 from normlab.data import Dataset, steps_per_epoch
 from normlab.errors import NormlabError, first_line
@@ -102,13 +103,30 @@ class LocalExecutor(Executor):
 
 
 class Collector:
-    """Takes the results of remote runs as they arrive: reports each run to the reporter (its
-    epochs come back only with its result, so progress is per run), writes it with `on_done`,
-    and keeps failures for one error at the end instead of losing the runs still going."""
+    """Takes the results of runs in other processes as they arrive: reports their epochs to the
+    reporter (as each epoch ends where the worker can send it, else with the run's result),
+    writes each result with `on_done`, and keeps failures for one error at the end instead of
+    losing the runs still going."""
 
     def __init__(self, train_size: int, reporter: Reporter, on_done: OnDone) -> None:
         self.train_size, self.reporter, self.on_done = train_size, reporter, on_done
         self.failures: list[tuple[str, str]] = []  # (run path, one-line cause)
+        self.reported: dict[str, int] = {}  # run path -> epochs the reporter has seen
+
+    def started(self, job: Job, done_epochs: int) -> None:
+        """Tell the reporter that `job` runs (once), with `done_epochs` from a checkpoint."""
+        run = job.run
+        if run.path not in self.reported:
+            steps = steps_per_epoch(self.train_size, run.train.batch_size)
+            self.reporter.run_started(run, run.train.epochs * steps, done_epochs * steps)
+            self.reported[run.path] = done_epochs
+
+    def epoch(self, job: Job, metrics: EpochMetrics, done_epochs: int = 0) -> None:
+        """Report one finished epoch of `job`, unless it was reported already."""
+        self.started(job, done_epochs)
+        if metrics.epoch > self.reported[job.run.path]:
+            self.reporter.epoch_done(job.run, metrics)
+            self.reported[job.run.path] = metrics.epoch
 
     def take(self, job: Job, fetch: Callable[[], RunResult], done_epochs: int = 0) -> None:
         """Fetch one job's result (raising what the run raised) and write it, or note why not."""
@@ -117,11 +135,9 @@ class Collector:
         except Exception as exc:  # any run's failure: reported with the others at the end
             self.failures.append((job.run.path, one_line(exc)))
             return
-        run = job.run
-        steps = steps_per_epoch(self.train_size, run.train.batch_size)
-        self.reporter.run_started(run, run.train.epochs * steps, done_epochs * steps)
+        self.started(job, done_epochs)
         for metrics in result.metrics[done_epochs:]:
-            self.reporter.epoch_done(run, metrics)
+            self.epoch(job, metrics, done_epochs)
         self.on_done(job, result)
 
     def raise_failures(self, total: int) -> None:
@@ -139,21 +155,29 @@ class Collector:
 
 
 _worker_data: Dataset | None = None
+_worker_epochs: Queue | None = None
 
 
-def _pool_init(data: Dataset, threads: int) -> None:
-    """Each pool worker keeps one copy of the dataset and trains on `threads` threads."""
-    global _worker_data
+def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
+    """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
+    every finished epoch to `epochs`, so the driver's progress moves while runs are going."""
+    global _worker_data, _worker_epochs
     torch.set_num_threads(threads)
-    _worker_data = data
+    _worker_data, _worker_epochs = data, epochs
 
 
 def _pool_run(job: Job, device: str) -> RunResult:
-    assert _worker_data is not None, "pool worker used before _pool_init"
+    assert _worker_data is not None and _worker_epochs is not None, "worker used before init"
     dev = torch.device(device)
-    run = job.run
+    run, queue = job.run, _worker_epochs
     return train_run(
-        run.variant, run.seed, _worker_data.to(dev), run.train, dev, checkpoint=job.checkpoint
+        run.variant,
+        run.seed,
+        _worker_data.to(dev),
+        run.train,
+        dev,
+        on_epoch=lambda m: queue.put((run.path, m)),
+        checkpoint=job.checkpoint,
     )
 
 
@@ -162,7 +186,8 @@ class PoolExecutor(Executor):
     (default: this process's cores shared out, at least one each).
 
     Worth it when several cores (or GPUs, one run each) are free: small networks do not keep
-    many cores busy from one process. Unfinished runs continue from their checkpoints.
+    many cores busy from one process. Each finished epoch comes back to the driver's progress
+    as it ends; unfinished runs continue from their checkpoints.
     """
 
     def __init__(self, workers: int, threads: int | None = None) -> None:
@@ -183,19 +208,44 @@ class PoolExecutor(Executor):
         gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
         collector = Collector(len(data.train), reporter, on_done)
         ctx = multiprocessing.get_context("spawn")  # fork after torch threads can deadlock
-        with ProcessPoolExecutor(
-            self.workers, ctx, initializer=_pool_init, initargs=(data.to("cpu"), self.threads)
-        ) as pool:
+        epochs = ctx.Queue()
+        by_path = {job.run.path: (job, job.done_epochs()) for job in jobs}
+        init = (data.to("cpu"), self.threads, epochs)
+        with ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init) as pool:
             pending = {}
             for i, job in enumerate(jobs):
                 target = f"cuda:{i % gpus}" if gpus else str(dev)
-                pending[pool.submit(_pool_run, job, target)] = (job, job.done_epochs())
+                pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not epochs.empty():
+                    path, metrics = epochs.get()
+                    job, done = by_path[path]
+                    collector.epoch(job, metrics, done)
                 for future in finished:
                     job, done = pending.pop(future)
                     collector.take(job, future.result, done)
         collector.raise_failures(len(jobs))
+
+
+class AutoExecutor(Executor):
+    """`--workers auto`: on a CPU with several cores and several runs, one single-threaded
+    process per run, up to one per core (a small network keeps one core busier than it keeps
+    two threads); otherwise, as on a GPU, one run after another in this process."""
+
+    def execute(
+        self,
+        jobs: Sequence[Job],
+        data: Dataset,
+        device: str,
+        reporter: Reporter,
+        on_done: OnDone,
+    ) -> None:
+        cores = available_cores()
+        if resolve_device(device).type != "cpu" or len(jobs) < 2 or cores < 2:
+            return LocalExecutor().execute(jobs, data, device, reporter, on_done)
+        pool = PoolExecutor(min(len(jobs), cores), threads=1)
+        return pool.execute(jobs, data, device, reporter, on_done)
 
 
 def _import_ray() -> ModuleType:
@@ -282,15 +332,21 @@ class RayExecutor(Executor):
 
 
 def make_executor(
-    workers: int = 1, ray_address: str | None = None, cpus_per_run: int = 1
+    workers: int | str = "auto", ray_address: str | None = None, cpus_per_run: int = 1
 ) -> Executor:
-    """The executor the CLI's flags ask for."""
+    """The executor the CLI's flags ask for; `workers` is a count or `auto` (see AutoExecutor)."""
     if ray_address:
-        if workers != 1:
+        if workers not in (1, "1", "auto"):
             raise NormlabError("--workers and --ray-address exclude each other; Ray schedules runs")
         return RayExecutor(ray_address, cpus_per_run)
     if cpus_per_run != 1:
         raise NormlabError("--cpus-per-run is for Ray tasks; with --ray-address only")
+    if workers == "auto":
+        return AutoExecutor()
+    if isinstance(workers, str):
+        if not workers.strip().isdigit() or int(workers) < 1:
+            raise NormlabError(f"--workers must be auto or a positive integer, got {workers!r}")
+        workers = int(workers)
     if workers == 1:
         return LocalExecutor()
     cores = available_cores()
