@@ -51,6 +51,29 @@ def test_each_kind_of_token_builds_what_the_spec_says() -> None:
                    (8, (1, 1), (1, 1), (0, 0)), (4, (3, 3), (2, 2), (1, 1))]  # fmt: skip
 
 
+def test_pool_first_token_is_conv_pool_norm_relu() -> None:
+    kinds = [type(m).__name__ for m in Net("ln", arch="8p 4").features][:4]
+    assert kinds == ["Conv2d", "MaxPool2d", "GroupNorm", "ReLU"]
+
+
+def test_pool_first_is_the_same_function_for_batchnorm_with_positive_scales() -> None:
+    """Evaluated BatchNorm with a positive scale is an increasing map per channel, so pooling
+    before it and the ReLU gives what pooling after them gives: `8p` only moves the work."""
+    torch.manual_seed(0)
+    first, after = Net("bn", arch="8p 4"), Net("bn", arch="8 M 4")
+    for net in (first, after):
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.data.uniform_(0.5, 2)
+    # The layers are conv, pool, norm, relu against conv, norm, relu, pool: map the norm's keys.
+    state = {k.replace("features.1.", "features.2."): v for k, v in after.state_dict().items()}
+    first.load_state_dict(state)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(first.eval()(x), after.eval()(x), rtol=1e-5, atol=1e-5)
+
+
 def test_check_network_refuses_a_spec_that_pools_the_image_away() -> None:
     with pytest.raises(NormlabError, match="does not fit 1x28x28 images"):
         check_network("16 M M M M M", INPUT_SHAPES["mnist"], ["bn"], None)

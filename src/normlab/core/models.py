@@ -7,6 +7,10 @@ on one line and the parameter summary can name every layer:
     16v   3x3 convolution to 16 channels without padding ("valid"), then norm and ReLU
     16t   1x1 transition convolution to 16 channels, then norm and ReLU
     16s   3x3 convolution to 16 channels with stride 2 (halves the size), then norm and ReLU
+    16p   3x3 convolution to 16 channels, padding 1, then 2x2 max pooling, then norm and ReLU:
+          the full-resolution convolution of `16 M`, with the norm and ReLU on a quarter of
+          the pixels (for BatchNorm with a positive scale the same function; for GroupNorm
+          and LayerNorm the statistics come from the pooled map)
     M     2x2 max pooling
 
 After the spec comes the head: global average pooling and a 1x1 convolution to the classes (no
@@ -37,7 +41,7 @@ ARCHS: dict[str, str] = {
 }
 ARCH_BY_SHAPE: dict[tuple[int, int], str] = {(28, 28): "mnist", (32, 32): "cifar"}
 # One convolution token: a width, then an optional kind; anything else ('-4', '16vs') is refused.
-CONV_TOKEN = re.compile(r"(\d+)([vts]?)")
+CONV_TOKEN = re.compile(r"(\d+)([vtsp]?)")
 
 
 def choose_arch(input_shape: tuple[int, int, int], model: str = "auto") -> str:
@@ -71,7 +75,7 @@ def parse_arch(arch: str) -> list[tuple[int, str] | str]:
         if token != "M" and (match is None or int(match[1]) < 1):
             raise NormlabError(
                 f"bad architecture token {token!r} in {arch!r}; use a width of at least 1 "
-                "with an optional kind, e.g. '16', '16v', '16t', '16s', or 'M'"
+                "with an optional kind, e.g. '16', '16v', '16t', '16s', '16p', or 'M'"
             )
         layers.append("M" if token == "M" else (int(match[1]), match[2]))
     return layers
@@ -141,6 +145,7 @@ class Net(nn.Module):
                     padding=pad,
                     bias=norm == "none",
                 ),
+                *([MaxPool2d()] if kind == "p" else []),
                 make_norm(norm, out, groups),
                 make_activation(norm),
             ]
