@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from normlab.config import RunSpec, StudyConfig, TrainOptions, Variant, parse_variant
+from normlab.core.models import ARCHS
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.report import sweep_figures
 from normlab.report.sweep_figures import write_sweep_report
 from normlab.run import executors
+from normlab.run import study as study_module
 from normlab.run.executors import (
     AutoExecutor,
     Job,
@@ -492,3 +494,16 @@ def test_pool_writes_the_other_runs_when_one_fails(mnist_dir: Path) -> None:
     for path in written:
         assert reporter.calls.count(("started", path)) == 1
         assert reporter.calls.count(("epoch", path)) == 1
+
+
+def test_a_resumed_study_keeps_the_network_it_started_with(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--model auto` resolves by input shape; a version whose default network changed must
+    not finish an old folder's runs on another network."""
+    config = parse_study(tiny(mnist_dir, variants=["gn"], seeds=2, epochs=1, limit_train=64))
+    run_study(config, tmp_path / "out")
+    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist"]
+    monkeypatch.setattr(study_module, "choose_arch", lambda shape, model: "8 M 8")
+    with pytest.raises(NormlabError, match=r"was trained with network '.*', but it would now"):
+        run_study(config, tmp_path / "out")

@@ -22,6 +22,7 @@ from normlab.atomic import clean_tmp
 from normlab.config import RunSpec, StudyConfig
 from normlab.core.augment import augment_for
 from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
+from normlab.core.models import choose_arch
 from normlab.core.records import RunResult
 from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
@@ -136,8 +137,9 @@ def load_study_data(config: StudyConfig, device: torch.device) -> Dataset:
 
 
 def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
-    """study.json: the configuration, its runs, the environment, the data's statistics and the
-    augmentation the runs use, with why (`auto` resolved: the report says what ran)."""
+    """study.json: the configuration, its runs, the environment, the data's statistics, and the
+    network and augmentation the runs use, the latter with why (`auto` resolved: the report
+    says what ran)."""
     augment, why = augment_for(data, config.train.augment)
     return {
         "config": config.to_dict(),
@@ -152,22 +154,26 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
             "test_size": len(data.test),
             "augment": augment,
             "augment_reason": why,
+            "network": choose_arch(data.input_shape, config.train.model),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def same_augmentation(previous: dict | None, record: dict, out: Path) -> None:
-    """Refuse to resume a study whose `auto` augmentation now resolves differently (an edited
-    normlab.yaml, or a version with other defaults): its finished runs and its remaining ones
-    would have trained differently, and study.json would claim one augmentation for both."""
-    old = ((previous or {}).get("data") or {}).get("augment")
-    new = record["data"]["augment"]
-    if old is not None and old != new:
-        raise NormlabError(
-            f"{out} was trained with augmentation {old!r}, but it would now be {new!r} "
-            f"({record['data']['augment_reason']}); use another --out, or --fresh to start over"
-        )
+def same_resolution(previous: dict | None, record: dict, out: Path) -> None:
+    """Refuse to resume a study whose `auto` augmentation or network now resolves differently
+    (an edited normlab.yaml, or a version with other defaults): its finished runs and its
+    remaining ones would have trained differently, and study.json would claim one setting for
+    both. (Folders written before the network was recorded are not checked for it.)"""
+    before = (previous or {}).get("data") or {}
+    now = record["data"]
+    why = {"augmentation": f" ({now['augment_reason']})", "network": ""}
+    for what, key in (("augmentation", "augment"), ("network", "network")):
+        if before.get(key) is not None and before[key] != now[key]:
+            raise NormlabError(
+                f"{out} was trained with {what} {before[key]!r}, but it would now be "
+                f"{now[key]!r}{why[what]}; use another --out, or --fresh to start over"
+            )
 
 
 def pending_jobs(out: Path, runs: list[RunSpec], reporter: Reporter) -> list[Job]:
@@ -213,7 +219,7 @@ def run_study(
     config.check_network(data.input_shape, len(data.train))
     bf16 = use_bf16(device, config.train.precision)
     record = study_record(config, data, environment(device, bf16))
-    same_augmentation(stored_study(out / "study.json"), record, out)
+    same_resolution(stored_study(out / "study.json"), record, out)
     write_json(out / "study.json", record)
     jobs = pending_jobs(out, runs, reporter)
 

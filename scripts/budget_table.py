@@ -1,0 +1,60 @@
+"""The results table of a network search: one row per run of the given study folders.
+
+Each row names the network, its parameter count, the variant, the peak learning rate, the
+seed, the test accuracy of the last three epochs and whether all three reach the bar (99.4%
+by default: the course's tier for MNIST networks under 8,000 parameters). The rows come from
+the folders' own files (study.json, run.json, metrics.csv), so the table can be regenerated
+from the committed studies at any time:
+
+    python scripts/budget_table.py docs/results/mnist-8k/search/* > table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from normlab.store.results import read_json, read_metrics
+
+
+def rows(study: Path, bar: float) -> list[list[str]]:
+    """One table row per finished run of the study folder `study`."""
+    config = read_json(study / "study.json")["config"]
+    out = []
+    for path in read_json(study / "study.json")["runs"]:
+        run_folder = study / path
+        if not (run_folder / "run.json").exists():
+            continue
+        run = read_json(run_folder / "run.json")
+        train = run["config"]["train"]
+        last = [m["test_acc"] for m in read_metrics(run_folder)[-3:]]
+        out.append(
+            [
+                f"`{train['model'] if train['model'] != 'auto' else config['dataset']}`",
+                f"{run['params']:,}",
+                path.rsplit("/", 1)[0],
+                f"{train['lr']:g}",
+                str(run["config"]["seed"]),
+                " / ".join(f"{a:.2f}" for a in last),
+                "yes" if min(last) >= bar else "no",
+                study.name,
+            ]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("studies", nargs="+", type=Path, help="study folders")
+    parser.add_argument("--bar", type=float, default=99.4, help="test accuracy %% to reach")
+    args = parser.parse_args()
+    header = ["network", "params", "variant", "lr", "seed", "last 3 epochs %", "all >= bar", "study"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for study in args.studies:
+        for row in rows(study, args.bar):
+            print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
