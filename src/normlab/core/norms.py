@@ -23,12 +23,13 @@ the network puts no ReLU after them (`make_activation`), and ws+gn also changes 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import cache, partial
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from normlab.core.ghost import BatchNorm2d, GhostBatch, GhostBatchVariance
 from normlab.core.recent_norms import BatchRenorm2d, RmsNormCHW
 from normlab.errors import NormlabError
 
@@ -98,6 +99,13 @@ def timm_layers() -> ModuleType:
     return timm.layers
 
 
+@cache
+def evonorm_b0() -> type[nn.Module]:
+    """timm's EvoNorm2dB0 with ghost batches and precise BN (`ghost.GhostBatchVariance`), made
+    on first use like `timm_layers`; it keeps timm's name, as the network summary shows it."""
+    return type("EvoNorm2dB0", (GhostBatchVariance, timm_layers().EvoNorm2dB0), {})
+
+
 def make_norm(kind: str, channels: int, groups: int | None = None) -> nn.Module:
     """Build the normalization layer `kind` for `channels` feature maps. `groups` applies to
     the grouped norms (`GROUPED`) only. EvoNorm-S0's groups follow GroupNorm's rule rather than
@@ -108,12 +116,12 @@ def make_norm(kind: str, channels: int, groups: int | None = None) -> nn.Module:
             return timm_layers().EvoNorm2dS0(channels, groups=g, eps=EPS)
         return nn.GroupNorm(g, channels, eps=EPS)  # ws+gn: the weights are standardized instead
     layers = {
-        "bn": lambda: nn.BatchNorm2d(channels, eps=EPS),
+        "bn": lambda: BatchNorm2d(channels, eps=EPS),
         "ln": lambda: nn.GroupNorm(1, channels, eps=EPS),
         "in": lambda: nn.GroupNorm(channels, channels, eps=EPS),
         "brn": lambda: BatchRenorm2d(channels, eps=EPS),
         "frn": lambda: timm_layers().FilterResponseNormTlu2d(channels, eps=EPS),
-        "evonorm-b0": lambda: timm_layers().EvoNorm2dB0(channels, eps=EPS),  # timm's eps: 1e-3
+        "evonorm-b0": lambda: evonorm_b0()(channels, eps=EPS),  # timm's eps: 1e-3
         "ln2d": lambda: timm_layers().LayerNorm2d(channels, eps=EPS),  # timm's eps: 1e-6
         "rms": lambda: RmsNormCHW(channels, eps=EPS),
         "none": nn.Identity,
@@ -202,15 +210,19 @@ def ref_batch_norm(
     return _affine(y, weight, bias)
 
 
-def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers of `model`: the layers with running statistics."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The layers of `model` with running statistics of the batch: BatchNorm's (PyTorch's or
+    normlab's, Batch Renormalization included) and EvoNorm-B0's running variance."""
+    kinds = (nn.modules.batchnorm._BatchNorm, GhostBatch)
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 @torch.no_grad()
 def recompute_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
-    """Replace every BatchNorm layer's running mean and variance by the average of the batch
-    statistics over `inputs` ("precise BN", Wu & Johnson 2021), leaving the weights alone.
+    """Replace every batch-dependent layer's running statistics (`batch_norms`) by the average
+    of the batch statistics over `inputs` ("precise BN", Wu & Johnson 2021), leaving the weights
+    alone. With ghost batches (`ghost.set_norm_batch`) every K-image group is one of the batches
+    averaged: the statistics the layer trained with.
 
     Running statistics are an exponential average (momentum 0.1) over the training steps: after
     a few dozen steps they still carry the (0, 1) they started from and lag the weights, so an

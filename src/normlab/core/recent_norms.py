@@ -29,6 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.core.ghost import (
+    BatchNorm2d,
+    as_float,
+    by_image,
+    channel,
+    group_moments,
+    running_sequence,
+)
+
 # Batch Renormalization's limits on r and d: BatchNorm (1, 0) at the first training step, widened
 # linearly to the paper's final (3, 5) over RAMP_STEPS steps. The paper keeps plain BatchNorm for
 # 5,000 of its ImageNet steps and then relaxes; normlab's runs are a few thousand steps long, so
@@ -37,12 +46,7 @@ from torch import nn
 R_MAX, D_MAX, RAMP_STEPS = 3.0, 5.0, 1000
 
 
-def _channel(v: torch.Tensor) -> torch.Tensor:
-    """A per-channel vector shaped to broadcast over (N, C, H, W)."""
-    return v.view(1, -1, 1, 1)
-
-
-class BatchRenorm2d(nn.BatchNorm2d):
+class BatchRenorm2d(BatchNorm2d):
     """Batch Renormalization (Ioffe 2017): in training, y = (x - mu_B) / sigma_B * r + d with
     r = clip(sigma_B / sigma, 1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max),
     where mu, sigma are the running statistics and r, d carry no gradient. Within the limits the
@@ -61,32 +65,35 @@ class BatchRenorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps)
         self.register_buffer("renorm_steps", torch.zeros((), dtype=torch.long))
 
-    def limits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r_max, d_max) at this step, as tensors: reading the step count would sync the host."""
-        ramp = (self.renorm_steps.float() / RAMP_STEPS).clamp(max=1.0)
+    def limits(self, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_max, d_max) for each of the next `groups` steps, as (groups, 1) tensors: reading
+        the step count would sync the host."""
+        steps = self.renorm_steps + torch.arange(groups, device=self.renorm_steps.device)
+        ramp = (steps.float() / RAMP_STEPS).clamp(max=1.0)[:, None]
         return 1 + (R_MAX - 1) * ramp, D_MAX * ramp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One r and d per ghost batch (see `ghost`; the whole batch is one without them),
+        each against the running statistics as the groups before it in the batch left them."""
         if not self.training or self.momentum is None:
             return super().forward(x)
-        count = x.numel() // x.shape[1]
-        if count < 2:  # as BatchNorm2d refuses: an unbiased variance of one value is 0/0
-            raise ValueError(f"Expected more than 1 value per channel when training, got {x.shape}")
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 in: statistics in float
-        var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+        var, mean, group, values = group_moments(x, self.groups_of(x) or x.shape[0])
         std = (var + self.eps).sqrt()
-        running_std = (self.running_var + self.eps).sqrt()
-        r_max, d_max = self.limits()
+        unbiased = var.detach() * values / (values - 1)
+        means = running_sequence(self.running_mean, mean.detach(), self.momentum)
+        variances = running_sequence(self.running_var, unbiased, self.momentum)
+        running_std = (variances[:-1] + self.eps).sqrt()
+        r_max, d_max = self.limits(len(var))
         r = (std.detach() / running_std).clamp(1 / r_max, r_max)
-        d = ((mean.detach() - self.running_mean) / running_std).clamp(-d_max, d_max)
+        d = ((mean.detach() - means[:-1]) / running_std).clamp(-d_max, d_max)
         scale = self.weight * r / std
         shift = self.bias + self.weight * (d - r * mean / std)
         with torch.no_grad():
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / (count - 1), self.momentum)
-            self.num_batches_tracked.add_(1)
-            self.renorm_steps.add_(1)
-        return (xf * _channel(scale) + _channel(shift)).to(x.dtype)
+            self.running_mean.copy_(means[-1])
+            self.running_var.copy_(variances[-1])
+            self.num_batches_tracked.add_(len(var))
+            self.renorm_steps.add_(len(var))
+        return (as_float(x) * by_image(scale, group) + by_image(shift, group)).to(x.dtype)
 
 
 class RmsNormCHW(nn.Module):
@@ -106,7 +113,7 @@ class RmsNormCHW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.rms_norm(x, x.shape[1:], eps=self.eps)
-        return y * _channel(self.weight).to(y.dtype) + _channel(self.bias).to(y.dtype)
+        return y * channel(self.weight).to(y.dtype) + channel(self.bias).to(y.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,8 +125,8 @@ def _affine(
     y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
 ) -> torch.Tensor:
     if weight is not None:
-        y = y * _channel(weight)
-    return y if bias is None else y + _channel(bias)
+        y = y * channel(weight)
+    return y if bias is None else y + channel(bias)
 
 
 def ref_weight_standardize(weight: torch.Tensor, *, eps: float) -> torch.Tensor:
@@ -142,7 +149,7 @@ def ref_filter_response_norm(
     out), y = gamma * x / sqrt(nu^2 + eps) + beta, then max(y, tau); tau None skips the TLU."""
     nu2 = (x * x).mean(dim=(2, 3), keepdim=True)
     y = _affine(x / torch.sqrt(nu2 + eps), weight, bias)
-    return y if tau is None else torch.maximum(y, _channel(tau))
+    return y if tau is None else torch.maximum(y, channel(tau))
 
 
 def ref_evonorm_b0(
@@ -170,7 +177,7 @@ def ref_evonorm_b0(
     instance_std = torch.sqrt(x.var(dim=(2, 3), unbiased=False, keepdim=True) + eps)
     slope = torch.ones_like(running_var) if v is None else v
     denominator = torch.maximum(
-        torch.sqrt(_channel(batch_var) + eps), _channel(slope) * x + instance_std
+        torch.sqrt(channel(batch_var) + eps), channel(slope) * x + instance_std
     )
     return _affine(x / denominator, weight, bias)
 
@@ -191,7 +198,7 @@ def ref_evonorm_s0(
     grouped = x.reshape(n, groups, -1)
     var = grouped.var(dim=2, unbiased=False, keepdim=True)
     std = torch.sqrt(var + eps).expand_as(grouped).reshape(x.shape)
-    slope = _channel(torch.ones(c, dtype=x.dtype) if v is None else v)
+    slope = channel(torch.ones(c, dtype=x.dtype) if v is None else v)
     return _affine(x * torch.sigmoid(slope * x) / std, weight, bias)
 
 
@@ -213,7 +220,7 @@ def ref_batch_renorm(
     d_max) against the running mu, sigma^2 (taken before this batch updates them, in place, as
     BatchNorm's), y = (x - mu_B) / sigma_B * r + d. Evaluation is BatchNorm's."""
     if not training:
-        y = (x - _channel(running_mean)) / torch.sqrt(_channel(running_var) + eps)
+        y = (x - channel(running_mean)) / torch.sqrt(channel(running_var) + eps)
         return _affine(y, weight, bias)
     mean = x.mean(dim=(0, 2, 3))
     var = x.var(dim=(0, 2, 3), unbiased=False)
@@ -224,7 +231,7 @@ def ref_batch_renorm(
     with torch.no_grad():
         running_mean.mul_(1 - momentum).add_(momentum * mean)
         running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
-    y = (x - _channel(mean)) / _channel(sigma_b) * _channel(r) + _channel(d)
+    y = (x - channel(mean)) / channel(sigma_b) * channel(r) + channel(d)
     return _affine(y, weight, bias)
 
 
