@@ -98,6 +98,9 @@ def test_a_lone_l2_strength_is_the_l2_strength() -> None:
         ({"grid": {"norm": "bn", "l2": [float("inf")]}}, "l2 must be a non-negative finite"),
         ({"variants": ["gn"], "dataset": ""}, "dataset must be a name or a folder"),
         ({"variants": ["gn"], "device": "tpu"}, "choose one of auto, cpu, cuda"),
+        ({"variants": ["bn"], "norm_batch": 0}, "norm_batch must be one or more distinct posit"),
+        ({"variants": ["bn"], "norm_batch": "2,two"}, "norm_batch must be a positive integer"),
+        ({"variants": ["bn"], "norm_batch": [4, 4]}, "norm_batch must list distinct values"),
     ],
 )
 def test_every_bad_setting_is_one_sentence_naming_it(raw: dict, message: str) -> None:
@@ -109,3 +112,52 @@ def test_every_bad_setting_is_one_sentence_naming_it(raw: dict, message: str) ->
 def test_run_takes_one_batch_size(capsys: pytest.CaptureFixture) -> None:
     code, _, err = main_in_process(capsys, "run", "--batch-size", "8,16", "--out", "/nonexistent")
     assert_one_line_error(code, err, "--batch-size takes one value in run", "normlab sweep")
+
+
+def test_norm_batch_is_a_grid_axis_named_in_the_folders_only_when_it_varies(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("variants: [bn, gn]\nbatch_size: 32\nnorm_batch: [2, 8, 32]\n")
+    config = load_study(str(f))
+    runs = {r.path: r.train for r in config.runs()}
+    assert list(runs)[:3] == ["bn/nb2/seed0", "bn/nb8/seed0", "bn/nb32/seed0"]
+    assert [t.norm_batch for t in runs.values()] == [2, 8, 32] * 2
+    assert {t.batch_size for t in runs.values()} == {32}  # the optimizer's batch is unchanged
+    both = parse_study({"variants": "bn", "batch_size": "8,16", "norm_batch": "2,4"})
+    assert [r.path for r in both.runs()][:2] == ["bn/bs8-nb2/seed0", "bn/bs8-nb4/seed0"]
+    one = parse_study({"variants": "bn", "norm_batch": "4"})
+    assert [r.path for r in one.runs()] == ["bn/seed0"] and one.train.norm_batch == 4
+    unset = parse_study({"variants": "bn"})
+    assert unset.train.norm_batch is None and unset.norm_batches == (None,)
+    assert StudyConfig.from_dict(config.to_dict()).settings() == config.settings()
+
+
+def test_a_norm_batch_must_divide_every_batch_size() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_study({"variants": "bn", "batch_size": "8,12", "norm_batch": "4,8"})
+    assert str(info.value) == "norm_batch must divide the batch size: 8 does not divide 12"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--norm-batch", "5"], "--norm-batch must divide the batch size: 5 does not divide 128"),
+        (["--norm-batch", "0"], "--norm-batch must be one or more distinct positive integers"),
+        (["--norm-batch", "2,4"], "--norm-batch takes one value in run"),
+    ],
+)
+def test_bad_norm_batch_flags_are_one_line(
+    capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    code, _, err = main_in_process(capsys, "run", *args, "--out", "/nonexistent")
+    assert_one_line_error(code, err, message)
+
+
+def test_a_bad_norm_batch_in_a_study_file_is_one_line(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("variants: [bn]\nbatch_size: 64\nnorm_batch: [4, 48]\n")
+    code, _, err = main_in_process(capsys, "sweep", f, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "norm_batch must divide the batch size: 48 does not divide 64")

@@ -76,6 +76,7 @@ train_options = st.builds(
     precision=st.sampled_from(PRECISIONS),
     augment=st.sampled_from(["auto", "none", "crop+flip", *AUGMENT_STEPS]),
     eval_batch_size=counts,
+    norm_batch=st.none() | st.just(1),  # 1 divides every batch size
 )
 configs = st.builds(
     StudyConfig,
@@ -104,7 +105,9 @@ anything = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 train_fields = ["epochs", "batch_size", "lr", "momentum", "groups", "precision", "augment"]
+train_fields += ["norm_batch"]
 study_fields = ["dataset", "data_dir", "variants", "seeds", "train", "limit_train", "device"]
+study_fields += ["norm_batches"]
 
 
 @given(configs, st.sampled_from(train_fields), anything)

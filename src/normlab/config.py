@@ -3,10 +3,10 @@
 A *variant* is a norm plus regularizers, written like `gn`, `bn+l1`, `gn+l2` or `bn+l1+l2`;
 a regularizer may carry its own strength, `bn+l1=5e-5`. A norm's own name may contain '+'
 (`ws+gn`, and `ws+gn+l1` with L1). A *study* is variants x batch sizes x learning rates x
-seeds, all trained with the same `TrainOptions`; `normlab run` is the study of one batch size
-and one learning rate. CLI flags, study files, presets and the notebook all
-build this one `StudyConfig`, and it is stored with the results, so a result is never
-separated from the settings that produced it.
+norm batches (the images BatchNorm's statistics span) x seeds, all trained with the same
+`TrainOptions`; `normlab run` is the study of one of each. CLI flags, study files, presets and
+the notebook all build this one `StudyConfig`, and it is stored with the results, so a result
+is never separated from the settings that produced it.
 
 Validation is pydantic's (see `validation`), so one mechanism serves every source; its errors
 become a `ConfigError` naming the setting the way the user wrote it: `epochs` in a study file,
@@ -154,6 +154,7 @@ class TrainOptions(Validated):
     eval_batch_size: Count = BY_DEVICE  # by device (core.device.eval_batch_size); else as given
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
+    norm_batch: Count | None = None  # images a BatchNorm statistic spans (core.ghost); None: all
 
     @field_validator("augment")
     @classmethod
@@ -172,7 +173,8 @@ class TrainOptions(Validated):
         return model
 
 
-TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions) if f.name not in ("batch_size", "lr"))
+AXIS_KEYS = ("batch_size", "lr", "norm_batch")  # train options that a study can make grid axes
+TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions) if f.name not in AXIS_KEYS)
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,8 @@ class RunSpec:
     """One run: a variant, a seed and the training options it uses, plus its folder.
 
     `path` is the run's folder relative to the study folder and names what differs between
-    runs (`bn+l1/seed0`, or `bn/bs32/seed0` in a batch-size sweep); `group` is that path
-    without the seed, the unit that seeds are aggregated over.
+    runs (`bn+l1/seed0`, or `bn/bs32/seed0` in a batch-size sweep, `bn/nb4/seed0` in a
+    norm-batch sweep); `group` is that path without the seed, the unit seeds are aggregated over.
     """
 
     variant: Variant
@@ -210,9 +212,10 @@ def default_variants() -> tuple[Variant, ...]:
 
 @dataclass(frozen=True, config=STRICT)
 class StudyConfig(Validated):
-    """A whole study: which data, which variants, how many seeds, the grid of batch sizes and
-    learning rates, and how to train each run. `train.batch_size` and `train.lr` are the first
-    grid point, the whole grid for `normlab run`; without axes, `train`'s values are the grid."""
+    """A whole study: which data, which variants, how many seeds, the grid of batch sizes,
+    learning rates and norm batches, and how to train each run. `train.batch_size`, `train.lr`
+    and `train.norm_batch` are the first grid point, the whole grid for `normlab run`; without
+    axes, `train`'s values are the grid."""
 
     dataset: Annotated[str, Field(min_length=1)] = "mnist"
     data_dir: Annotated[Path, Field(strict=False)] = Path("data")
@@ -223,6 +226,7 @@ class StudyConfig(Validated):
     train: TrainOptions = Field(default_factory=TrainOptions)
     batch_sizes: Annotated[tuple[Count, ...], Axis] | None = None
     lrs: Annotated[tuple[Rate, ...], Axis] | None = None
+    norm_batches: Annotated[tuple[Count | None, ...], Axis] | None = None
     lr_reference_batch: Count | None = None
     limit_train: Count | None = None
     limit_test: Count | None = None
@@ -244,7 +248,7 @@ class StudyConfig(Validated):
             return TrainOptions(**value)
         return value  # type: ignore[return-value]
 
-    @field_validator("batch_sizes", "lrs")
+    @field_validator("batch_sizes", "lrs", "norm_batches")
     @classmethod
     def _distinct(cls, axis: tuple | None, info: Any) -> tuple | None:
         if axis is not None and len(set(axis)) < len(axis):
@@ -254,14 +258,19 @@ class StudyConfig(Validated):
 
     @model_validator(mode="after")
     def _grid(self) -> StudyConfig:
-        """The axes and `train` agree (the axes win: they are what runs), and no two runs
-        share a folder."""
+        """The axes and `train` agree (the axes win: they are what runs), every norm batch
+        divides every batch size, and no two runs share a folder."""
         sizes = self.batch_sizes or (self.train.batch_size,)
         lrs = self.lrs or (self.train.lr,)
+        norm_batches = self.norm_batches or (self.train.norm_batch,)
         object.__setattr__(self, "batch_sizes", sizes)
         object.__setattr__(self, "lrs", lrs)
-        train = replace(self.train, batch_size=sizes[0], lr=lrs[0])
+        object.__setattr__(self, "norm_batches", norm_batches)
+        train = replace(self.train, batch_size=sizes[0], lr=lrs[0], norm_batch=norm_batches[0])
         object.__setattr__(self, "train", train)
+        bad = [f"{k} does not divide {b}" for k in norm_batches for b in sizes if k and b % k]
+        if bad:  # a ghost batch is a part of every training batch
+            raise ConfigError("norm_batch", f" must divide the batch size: {bad[0]}")
         self.runs()
         return self
 
@@ -273,19 +282,22 @@ class StudyConfig(Validated):
         return lr * batch_size / self.lr_reference_batch
 
     def runs(self) -> list[RunSpec]:
-        """Every variant x batch size x learning rate x seed, each in a folder of its own:
-        `bn+l1/seed0`, `bn/bs32/seed0`, `bn/bs32-lr0.1/seed0` (only what varies is named).
+        """Every variant x batch size x learning rate x norm batch x seed, each in a folder of
+        its own: `bn+l1/seed0`, `bn/bs32/seed0`, `bn/bs32-lr0.1/seed0`, `bn/nb4/seed0` (only what
+        varies is named).
 
         Learning rates are spelled like strengths (exactly, so 0.1 and 0.1000001 never share
         `lr0.1`); two runs that would still share a folder are refused before any work starts.
         """
-        sizes, lrs = self.batch_sizes, self.lrs
+        sizes, lrs, ks = self.batch_sizes, self.lrs, self.norm_batches
         runs = []
-        for v, bs, lr, seed in itertools.product(self.variants, sizes, lrs, range(self.seeds)):
+        grid = itertools.product(self.variants, sizes, lrs, ks, range(self.seeds))
+        for v, bs, lr, k, seed in grid:
             parts = [f"bs{bs}"] if len(sizes) > 1 else []
             parts += [f"lr{spell_strength(lr)}"] if len(lrs) > 1 else []
+            parts += [f"nb{k or bs}"] if len(ks) > 1 else []
             middle = "-".join(parts) + "/" if parts else ""
-            opts = replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs))
+            opts = replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs), norm_batch=k)
             runs.append(RunSpec(v, seed, opts, f"{v.name}/{middle}seed{seed}"))
         paths = [r.path for r in runs]
         if len(set(paths)) < len(paths):
@@ -306,15 +318,17 @@ class StudyConfig(Validated):
         shape = input_shape or INPUT_SHAPES.get(self.dataset)
         limits = [n for n in (self.limit_train, train_size) if n is not None]
         batch = min([*self.batch_sizes, *limits])
+        # the fewest images a batch statistic spans: a ghost batch, or the rest of a small split
+        group = min(batch if k is None or k >= batch else batch % k or k for k in self.norm_batches)
         norms = (v.norm for v in self.variants)
-        check_network(self.train.model, shape, norms, self.train.groups, batch)
+        check_network(self.train.model, shape, norms, self.train.groups, group)
 
     def to_dict(self) -> dict:
         """JSON-ready form, stored as study.json's `config`."""
         d = asdict(self)
         d["data_dir"] = str(self.data_dir)
         d["variants"] = [{"name": v.name, **asdict(v)} for v in self.variants]
-        d["batch_sizes"], d["lrs"] = list(d["batch_sizes"]), list(d["lrs"])
+        d.update({axis: list(d[axis]) for axis in ("batch_sizes", "lrs", "norm_batches")})
         return d
 
     def settings(self) -> dict:

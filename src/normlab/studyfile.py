@@ -6,6 +6,7 @@ validated `StudyConfig`.
     seeds: 3
     batch_size: [2, 8, 32, 128]   # a list is a grid axis
     lr: 0.05
+    norm_batch: 2                 # BatchNorm's statistics over 2 images of each batch
     lr_reference_batch: 32        # lr is for batch 32 and scales linearly with the batch size
     grid:                         # or: variants: [gn, ln, bn+l1]
       - {norm: bn, l1: [0, 1e-3], l2: [0, 1e-3]}
@@ -37,6 +38,7 @@ KEYS = (
     "seeds",
     "batch_size",
     "lr",
+    "norm_batch",
     "lr_reference_batch",
     "variants",
     "grid",
@@ -189,6 +191,7 @@ def parse_study(raw: dict) -> StudyConfig:
         train={k: raw[k] for k in TRAIN_KEYS if k in raw},
         batch_sizes=listed(raw.get("batch_size", 128)),
         lrs=floats(listed(raw.get("lr", 0.1))),
+        norm_batches=listed(raw["norm_batch"]) if raw.get("norm_batch") is not None else None,
     )
     config.check_network()
     return config

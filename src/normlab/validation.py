@@ -32,6 +32,7 @@ RANGES = {
     "limit_test": "a positive integer",
     "lr_reference_batch": "a positive integer",
     "lr": "one or more distinct positive numbers",
+    "norm_batch": "one or more distinct positive integers",
     "momentum": "a number in [0, 1)",
     "l1": "a non-negative finite number",
     "l2": "a non-negative finite number",
@@ -45,7 +46,8 @@ TYPES = {
     "tuple": "a list",
     "dataclass": "a mapping of settings",
 }
-FILE_KEYS = {"batch_sizes": "batch_size", "lrs": "lr"}  # field -> the key a study file uses
+# field -> the key a study file uses
+FILE_KEYS = {"batch_sizes": "batch_size", "lrs": "lr", "norm_batches": "norm_batch"}
 
 
 class ConfigError(NormlabError):

@@ -78,7 +78,7 @@ def run(
     """Train every variant for every seed and write the study folder and its report."""
     raw = given(settings)
     raw.setdefault("variants", ",".join(DEFAULT_VARIANTS))
-    for key in ("batch_size", "lr"):
+    for key in ("batch_size", "lr", "norm_batch"):
         if "," in raw.get(key, ""):
             raise NormlabError(
                 f"{flag(key)} takes one value in run; a grid of them is a sweep, e.g. "

@@ -63,6 +63,13 @@ STUDY_OPTIONS: dict[str, Any] = {
         "grid, each the rate at the file's lr_reference_batch when it sets one.",
         DEFAULT.lr,
     ),
+    "norm_batch": option(
+        str,
+        "Images that share BatchNorm's statistics (ghost batches of bn, brn, evonorm-b0) within "
+        "each training batch, which the optimizer still steps on whole; must divide the batch "
+        "size. In sweep, several comma-separated are a grid.",
+        "the whole batch",
+    ),
     "l1": option(float, "Strength λ of +l1 (λ·Σ|w| on conv weights).", DEFAULT_L1),
     "l2": option(float, "Strength of +l2 (weight decay on conv weights).", DEFAULT_L2),
     "limit_train": option(int, "Use only the first N training images."),

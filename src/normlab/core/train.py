@@ -29,6 +29,7 @@ from normlab.config import TrainOptions, Variant
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
 from normlab.core.device import eval_batch_size, memory_format, use_bf16
+from normlab.core.ghost import set_norm_batch
 from normlab.core.models import Net, choose_arch, count_params
 from normlab.core.norms import recompute_bn_statistics
 from normlab.core.records import EpochMetrics, RunResult
@@ -36,18 +37,21 @@ from normlab.data import Dataset, Split, batches, steps_per_epoch
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
-    """A fresh model whose initial weights depend only on `seed`. The weights are drawn from
-    the CPU generator seeded inside `fork_rng`, so the caller's global random state (a notebook
-    user's) is the same afterwards as before."""
+    """A fresh model whose initial weights depend only on `seed`, its batch-dependent norms
+    taking statistics over `opts.norm_batch` images. The weights are drawn from the CPU
+    generator seeded inside `fork_rng`, so the caller's global random state (a notebook user's)
+    is the same afterwards as before."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        return Net(
+        model = Net(
             norm=variant.norm,
             in_channels=dataset.input_shape[0],
             num_classes=len(dataset.classes),
             groups=opts.groups,
             arch=choose_arch(dataset.input_shape, opts.model),
         )
+    set_norm_batch(model, opts.norm_batch)
+    return model
 
 
 def compiled(model: nn.Module, enabled: bool) -> nn.Module:
