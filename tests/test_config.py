@@ -101,6 +101,7 @@ def test_a_lone_l2_strength_is_the_l2_strength() -> None:
         ({"variants": ["bn"], "norm_batch": 0}, "norm_batch must be one or more distinct posit"),
         ({"variants": ["bn"], "norm_batch": "2,two"}, "norm_batch must be a positive integer"),
         ({"variants": ["bn"], "norm_batch": [4, 4]}, "norm_batch must list distinct values"),
+        ({"variants": ["bn"], "precise_bn": -1}, "precise_bn must be a number of batches, 0 or"),
     ],
 )
 def test_every_bad_setting_is_one_sentence_naming_it(raw: dict, message: str) -> None:
@@ -145,9 +146,10 @@ def test_a_norm_batch_must_divide_every_batch_size() -> None:
         (["--norm-batch", "5"], "--norm-batch must divide the batch size: 5 does not divide 128"),
         (["--norm-batch", "0"], "--norm-batch must be one or more distinct positive integers"),
         (["--norm-batch", "2,4"], "--norm-batch takes one value in run"),
+        (["--precise-bn", "-1"], "--precise-bn must be a number of batches, 0 or more, got -1"),
     ],
 )
-def test_bad_norm_batch_flags_are_one_line(
+def test_bad_norm_batch_and_precise_bn_flags_are_one_line(
     capsys: pytest.CaptureFixture, args: list[str], message: str
 ) -> None:
     code, _, err = main_in_process(capsys, "run", *args, "--out", "/nonexistent")

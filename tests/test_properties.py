@@ -77,6 +77,7 @@ train_options = st.builds(
     augment=st.sampled_from(["auto", "none", "crop+flip", *AUGMENT_STEPS]),
     eval_batch_size=counts,
     norm_batch=st.none() | st.just(1),  # 1 divides every batch size
+    precise_bn=st.integers(0, 100),
 )
 configs = st.builds(
     StudyConfig,
@@ -105,7 +106,7 @@ anything = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 train_fields = ["epochs", "batch_size", "lr", "momentum", "groups", "precision", "augment"]
-train_fields += ["norm_batch"]
+train_fields += ["norm_batch", "precise_bn"]
 study_fields = ["dataset", "data_dir", "variants", "seeds", "train", "limit_train", "device"]
 study_fields += ["norm_batches"]
 

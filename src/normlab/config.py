@@ -43,6 +43,7 @@ from normlab.validation import (
 DEFAULT_L1 = 1e-5  # lambda for the L1 penalty lambda * sum|w| added to the loss
 DEFAULT_L2 = 1e-4  # SGD weight decay
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
+PRECISE_BN_BATCHES = 32  # default of --precise-bn: 4,096 images at the default batch of 128
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -155,6 +156,7 @@ class TrainOptions(Validated):
     compile: bool = False  # torch.compile the model: pays on a GPU, rarely on a small CPU
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
     norm_batch: Count | None = None  # images a BatchNorm statistic spans (core.ghost); None: all
+    precise_bn: Annotated[int, Field(ge=0)] = PRECISE_BN_BATCHES  # core.evaluation; 0: off
 
     @field_validator("augment")
     @classmethod

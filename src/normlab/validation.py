@@ -33,6 +33,7 @@ RANGES = {
     "lr_reference_batch": "a positive integer",
     "lr": "one or more distinct positive numbers",
     "norm_batch": "one or more distinct positive integers",
+    "precise_bn": "a number of batches, 0 or more",
     "momentum": "a number in [0, 1)",
     "l1": "a non-negative finite number",
     "l2": "a non-negative finite number",

@@ -70,6 +70,13 @@ STUDY_OPTIONS: dict[str, Any] = {
         "size. In sweep, several comma-separated are a grid.",
         "the whole batch",
     ),
+    "precise_bn": option(
+        int,
+        "Training batches over which BatchNorm's running statistics are recomputed at the end "
+        "of a run to measure the test accuracy they cost (0: not measured); the model keeps "
+        "its own.",
+        DEFAULT.precise_bn,
+    ),
     "l1": option(float, "Strength λ of +l1 (λ·Σ|w| on conv weights).", DEFAULT_L1),
     "l2": option(float, "Strength of +l2 (weight decay on conv weights).", DEFAULT_L2),
     "limit_train": option(int, "Use only the first N training images."),

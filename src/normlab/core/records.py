@@ -30,6 +30,21 @@ class EpochMetrics:
 
 
 @dataclass
+class StatisticsGap:
+    """What BatchNorm's running statistics cost at the end of a run with batch-dependent norms:
+    test accuracy % with the running statistics that evaluation uses (the run's final test
+    accuracy), with each test batch's own statistics (`batch` images share them, as in
+    training), and after precise BN over `precise_batches` training batches (as many as
+    `--precise-bn` asked for and the split has; None and 0: not measured). See core.evaluation."""
+
+    running_acc: float
+    batch_acc: float
+    precise_acc: float | None
+    batch: int
+    precise_batches: int
+
+
+@dataclass
 class RunResult:
     """Everything a run leaves behind: what the results store writes and the report reads."""
 
@@ -41,3 +56,4 @@ class RunResult:
     predictions: dict[str, torch.Tensor] = field(default_factory=dict)
     status: str = "finished"  # or "diverged"
     diverged_epoch: int | None = None
+    statistics_gap: StatisticsGap | None = None  # runs with batch-dependent norms only

@@ -1,10 +1,11 @@
 """One training run: a fresh model from its seed, SGD + OneCycle, L1/L2, per-epoch metrics.
 
 Read it top to bottom like pytorch/examples' mnist/main.py: the model and the optimizer, then
-`make_context` (one run's fixed parts), `train_step` and `train_epoch`, `evaluate`, and last
-`train_run`, which alternates training and test epochs and checkpoints between them. Nothing in
-the loop copies to the host per step: the loss and correct counts are summed on the device and
-read once per epoch. `normlab bench` builds its runs with the same `make_context` and
+`make_context` (one run's fixed parts), `train_step` and `train_epoch`, the test pass, and last
+`train_run`, which alternates training and test epochs and checkpoints between them, and ends
+with what BatchNorm's running statistics cost (`evaluation`, which also holds `evaluate`).
+Nothing in the loop copies to the host per step: the loss and correct counts are summed on the
+device and read once per epoch. `normlab bench` builds its runs with the same `make_context` and
 `train_step`, so it times the code that trains.
 
 Regularizers act on the convolution weights only (the `weight` of every Conv2d, head included):
@@ -29,11 +30,11 @@ from normlab.config import TrainOptions, Variant
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
 from normlab.core.device import eval_batch_size, memory_format, use_bf16
+from normlab.core.evaluation import evaluate, settle_batch_norm, statistics_gap
 from normlab.core.ghost import set_norm_batch
 from normlab.core.models import Net, choose_arch, count_params
-from normlab.core.norms import recompute_bn_statistics
 from normlab.core.records import EpochMetrics, RunResult
-from normlab.data import Dataset, Split, batches, steps_per_epoch
+from normlab.data import Dataset, batches, steps_per_epoch
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
@@ -114,7 +115,6 @@ def augmentation_for(dataset: Dataset, opts: TrainOptions) -> tuple[str, ...]:
 
 
 SHORT_EPOCH = 100  # optimizer steps; below this an epoch ends with `settle_batch_norm`
-PRECISE_BN_IMAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -208,39 +208,6 @@ def train_epoch(
     return loss_sum.item() / seen, 100.0 * correct.item() / seen
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    data: Dataset,
-    batch_size: int,
-    bf16: bool,
-    fmt: torch.memory_format = torch.contiguous_format,
-) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """Mean loss, accuracy % and per-image predictions (class and confidence) on a split.
-    Classes are stored as int32: uint8 would wrap past 256 classes without a word."""
-    model.eval()
-    device = split.images.device
-    loss_sum = torch.zeros((), device=device)
-    preds, confs = [], []
-    for images, labels in batches(split, batch_size):
-        x = prepare_batch(images, data.mean, data.std).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        conf, pred = logits.softmax(1).max(1)
-        preds.append(pred)
-        confs.append(conf)
-    pred, conf = torch.cat(preds), torch.cat(confs)
-    acc = 100.0 * (pred == split.labels).float().mean().item()
-    predictions = {
-        "pred": pred.to(torch.int32).cpu(),
-        "conf": conf.cpu(),
-        "target": split.labels.to(torch.int32).cpu(),
-    }
-    return loss_sum.item() / len(split), acc, predictions
-
-
 def test_pass(ctx: RunContext, data: Dataset) -> tuple[float, float, dict[str, torch.Tensor]]:
     """`evaluate` on the test split with the run's own network, precision and batch size."""
     return evaluate(ctx.net, data.test, data, ctx.eval_batch, ctx.bf16, ctx.fmt)
@@ -266,22 +233,6 @@ def resume(ctx: RunContext, checkpoint: Path) -> list[EpochMetrics]:
     ctx.sched.load_state_dict(state["scheduler"])
     ctx.generator.set_state(state["generator"].cpu())
     return [EpochMetrics(**m) for m in state["metrics"]]
-
-
-def settle_batch_norm(ctx: RunContext, data: Dataset) -> None:
-    """BatchNorm's running statistics recomputed over the first `PRECISE_BN_IMAGES` training
-    images, unaugmented (as the test images are), in training-size batches. Done after an
-    epoch of fewer than `SHORT_EPOCH` steps: momentum 0.1 needs about 50 steps to forget the
-    (0, 1) it starts from, so a short run would otherwise be evaluated on statistics that
-    describe no data (a test accuracy below chance after 16 steps). Uses no random numbers."""
-    n = min(len(data.train), PRECISE_BN_IMAGES)
-    head = data.train.head(max(ctx.opts.batch_size, n - n % ctx.opts.batch_size))
-    inputs = (
-        prepare_batch(images, data.mean, data.std).contiguous(memory_format=ctx.fmt)
-        for images, _ in batches(head, ctx.opts.batch_size)
-    )
-    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
-        recompute_bn_statistics(ctx.model, inputs)
 
 
 def fit_epoch(
@@ -322,7 +273,9 @@ def train_run(
 
     A run whose loss turns non-finite stops there as "diverged" with the metrics of its last
     good epoch and no state_dict or predictions: the weights are NaN by then, and predictions
-    of an earlier epoch next to them would describe a model that is not stored.
+    of an earlier epoch next to them would describe a model that is not stored. A finished run
+    with batch-dependent norms ends by measuring what their running statistics cost
+    (`evaluation.statistics_gap`), which leaves the model as it was.
     """
     total_steps = opts.epochs * steps_per_epoch(len(data.train), opts.batch_size)
     ctx = make_context(variant, seed, data, opts, device, total_steps)
@@ -342,5 +295,6 @@ def train_run(
             on_epoch(m)
     if not result.predictions:  # resumed from a checkpoint of the last epoch
         _, _, result.predictions = test_pass(ctx, data)
+    result.statistics_gap = statistics_gap(ctx, data, metrics[-1].test_acc)
     result.state_dict = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
     return result

@@ -3,8 +3,10 @@
 `study_findings` ranks the variants with finished seeds, puts an interval on each, tests every
 pair (McNemar on the same test images for one seed, a paired test across seeds otherwise) and
 Holm-corrects the p-values for the number of pairs, and records convergence, stability over the
-last epochs, the train-test gap and the time per epoch. `report.text` turns these records into
-sentences and tables; keeping the numbers apart lets a notebook or a test read them directly.
+last epochs, the train-test gap and the time per epoch; `statistics_gaps` lists, per run with
+batch-dependent norms, what their running statistics cost (measured by core.evaluation).
+`report.text` turns these records into sentences and tables; keeping the numbers apart lets a
+notebook or a test read them directly.
 
 A diverged run's last row is its last good epoch, not a result: diverged seeds are left out of
 every mean, interval, paired test and convergence figure; a variant with no finished seed is
@@ -108,6 +110,49 @@ class StudyFindings:
         """The ranked variants with the lowest and the highest key (the first in ranking order
         on a tie), e.g. the steadiest and the shakiest, the quickest and the slowest."""
         return min(self.ranked, key=key), max(self.ranked, key=key)
+
+
+@dataclass(frozen=True)
+class GapFinding:
+    """One run's stored statistics gap: test accuracy % with BatchNorm's running statistics,
+    with each test batch's own (`batch` images sharing them), and after precise BN over
+    `precise_batches` training batches (None: not measured)."""
+
+    run: str  # the run's folder: group/seed<k>
+    batch: int
+    running: float
+    batch_stats: float
+    precise: float | None
+    precise_batches: int
+
+    @property
+    def gap(self) -> float:
+        """Batch minus running statistics: what the running statistics cost (negative: they
+        do better than a test batch's own)."""
+        return self.batch_stats - self.running
+
+    @property
+    def won_back(self) -> float | None:
+        """Precise BN minus running statistics: what recomputing them gains."""
+        return None if self.precise is None else self.precise - self.running
+
+
+def statistics_gaps(study: StoredStudy) -> tuple[GapFinding, ...]:
+    """Every run with a measured statistics gap, in the study's order (empty for a study
+    without batch-dependent norms, or one written before the gap was measured)."""
+    return tuple(
+        GapFinding(
+            f"{v.name}/seed{seed}",
+            gap["batch"],
+            gap["running_acc"],
+            gap["batch_acc"],
+            gap["precise_acc"],
+            gap["precise_batches"],
+        )
+        for v in study.variants
+        for seed, gap in zip(v.seeds, v.statistics_gap, strict=False)  # [] if none are stored
+        if gap
+    )
 
 
 def predictions(study: StoredStudy, name: str, seed: int) -> dict[str, np.ndarray] | None:

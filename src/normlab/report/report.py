@@ -19,7 +19,7 @@ from normlab.report.doc import Block, Heading, Image, Para, Table, to_html, to_m
 from normlab.report.explain import axes_figure, example_tensor, explain_blocks
 from normlab.report.findings import predictions
 from normlab.report.gallery import plot_confusion, plot_mistakes
-from normlab.report.text import findings_blocks
+from normlab.report.text import findings_blocks, statistics_gap_blocks
 from normlab.store.reader import StoredStudy, read_study, thousands
 
 
@@ -34,6 +34,12 @@ def _optimizer(study: StoredStudy) -> str:
     if len(pairs) == 1:
         return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}"
     return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs)
+
+
+def norm_batches(study: StoredStudy) -> str:
+    """The norm batches the runs used (`--norm-batch`: ghost batches), or the whole batch."""
+    used = sorted({v.norm_batch for v in study.variants if v.norm_batch is not None})
+    return ", ".join(map(str, used)) if used else "the whole training batch"
 
 
 def augmentation(study: StoredStudy) -> str:
@@ -60,6 +66,7 @@ def run_blocks(study: StoredStudy) -> list[Block]:
         ["optimizer", _optimizer(study)],
         ["augmentation", augmentation(study)],
         ["GroupNorm groups", str(t["groups"] or "about 4 channels a group")],
+        ["images per BatchNorm statistic", norm_batches(study)],
         ["precision", f"{t['precision']} (bf16 used: {env.get('bf16', '?')})"],
         ["device", f"{env.get('device', '?')}, {env.get('cpu_threads', '?')} CPU threads"],
         [
@@ -146,6 +153,7 @@ def write_report(out: Path, data_dir: Path | None = None) -> Path:
         *run_blocks(study),
         Heading("Findings"),
         *findings_blocks(study),
+        *statistics_gap_blocks(study),
         Heading("Test accuracy and test loss"),
         img("test_accuracy"),
         img("test_loss"),

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 
-from normlab.report.doc import Block, Bullets, Para, Table
+from normlab.report.doc import Block, Bullets, Heading, Para, Table
 from normlab.report.findings import (
     ALPHA,
     CLOSE,
     TARGET_ACC,
+    GapFinding,
     PairFinding,
     StudyFindings,
     VariantFindings,
+    statistics_gaps,
     study_findings,
 )
 from normlab.store.reader import StoredStudy
@@ -195,3 +197,52 @@ def findings_blocks(study: StoredStudy) -> list[Block]:
         time_item(f),
     ]
     return [Bullets(items), findings_table(f)]
+
+
+def _gap_row(g: GapFinding) -> list[str]:
+    return [
+        g.run,
+        str(g.batch),
+        f"{g.running:.2f}",
+        f"{g.batch_stats:.2f}",
+        "-" if g.precise is None else f"{g.precise:.2f}",
+        f"{g.gap:+.2f}",
+        "-" if g.won_back is None else f"{g.won_back:+.2f}",
+    ]
+
+
+def statistics_gap_blocks(study: StoredStudy) -> list[Block]:
+    """BatchNorm's train/test gap per run, where it was measured, under its own heading: what
+    the measurement is, the largest gap, and the table; nothing for a study without
+    batch-dependent norms."""
+    gaps = statistics_gaps(study)
+    if not gaps:
+        return []
+    largest = max(gaps, key=lambda g: g.gap)
+    precise = sorted({g.precise_batches for g in gaps if g.precise is not None})
+    how = (
+        f"recomputed as the average over the first {' or '.join(map(str, precise))} training "
+        "batches, unaugmented"
+        if precise
+        else "not measured (--precise-bn 0)"
+    )
+    text = (
+        "Measured at the end of each run with batch-dependent norms: test accuracy with the "
+        "running statistics that evaluation uses (the final test accuracy), with each test "
+        "batch's own statistics (the norm layers as in training, the same number of images "
+        f"sharing them), and after precise BN (running statistics {how}); the stored model "
+        "keeps its running statistics. The gap is batch - running statistics, positive where "
+        f"the running statistics cost accuracy (largest: {largest.run}, {largest.gap:+.2f} "
+        "points); precise - running is what recomputing them wins back."
+    )
+    columns = [
+        "run",
+        "images per statistic",
+        "running stats %",
+        "batch stats %",
+        "precise BN %",
+        "gap (batch - running)",
+        "precise - running",
+    ]
+    table = Table(columns, [_gap_row(g) for g in gaps], right=set(range(1, len(columns))))
+    return [Heading("BatchNorm's running statistics: the train/test gap"), Para(text), table]

@@ -6,7 +6,7 @@ so nothing downstream parses files itself and no model needs to be in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class StoredVariant:
     diverged_epoch: list[int | None]  # per seed: the epoch whose loss was not finite
     batch_size: int | None = None
     lr: float | None = None
+    norm_batch: int | None = None
+    # per seed: what BatchNorm's running statistics cost (core.evaluation), None where unmeasured
+    statistics_gap: list[dict | None] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -65,6 +68,7 @@ class StoredVariant:
             metrics={k: v[keep] for k, v in self.metrics.items()},
             status=["finished"] * len(keep),
             diverged_epoch=[None] * len(keep),
+            statistics_gap=[g for i, g in enumerate(self.statistics_gap) if i in keep],
         )
 
     def mean(self, column: str) -> np.ndarray:
@@ -143,6 +147,8 @@ def read_study(out: Path) -> StoredStudy:
                 [s.get("diverged_epoch") for s in entry["seeds"]],
                 entry.get("batch_size"),
                 entry.get("lr"),
+                entry.get("norm_batch"),
+                [s.get("statistics_gap") for s in entry["seeds"]],
             )
         )
     if not any(v.metrics["epoch"].size for v in variants):

@@ -5,7 +5,8 @@
     OUT/<variant>/seed<k>/metrics.csv epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds
     OUT/<variant>/seed<k>/model.pt    state_dict (load with weights_only=True)
     OUT/<variant>/seed<k>/predictions.npz  pred, conf, target (int32) for every test image
-    OUT/<variant>/seed<k>/run.json    status, parameters, epochs done, the run's configuration
+    OUT/<variant>/seed<k>/run.json    status, parameters, epochs done, the run's configuration,
+                                      and for batch-dependent norms the statistics gap
 
 A diverged run (run.json status "diverged", with diverged_epoch) has metrics.csv up to its last
 good epoch and no model.pt or predictions.npz: its weights are not a model anyone can use.
@@ -108,6 +109,7 @@ def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
             "params": result.params,
             "epochs_done": len(result.metrics),
             "config": run.to_dict(),
+            "statistics_gap": asdict(result.statistics_gap) if result.statistics_gap else None,
         },
     )
     return d
@@ -168,6 +170,8 @@ def run_summary(d: Path) -> dict:
             best_epoch=best["epoch"],
             final_test_loss=rows[-1]["test_loss"],
         )
+        if info.get("statistics_gap"):  # runs of batch-dependent norms (see core.evaluation)
+            entry["statistics_gap"] = info["statistics_gap"]
     return entry
 
 
@@ -193,6 +197,7 @@ def summarize(out: Path, runs: list[RunSpec]) -> dict:
             "l2": first.variant.l2,
             "batch_size": first.train.batch_size,
             "lr": first.train.lr,
+            "norm_batch": first.train.norm_batch,
             "params": done[0]["params"],
         }
         for key in ("final_test_acc", "best_test_acc", "best_epoch", "epochs", "seconds"):
