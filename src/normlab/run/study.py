@@ -26,7 +26,8 @@ from normlab.core.models import choose_arch
 from normlab.core.records import RunResult
 from normlab.data import Dataset, load_dataset
 from normlab.errors import NormlabError
-from normlab.run.executors import Executor, Job, LocalExecutor
+from normlab.run.executors import LocalExecutor
+from normlab.run.jobs import Executor, Job
 from normlab.run.progress import Reporter
 from normlab.store.results import finished, read_json, summarize, write_json, write_run
 
