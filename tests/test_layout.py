@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 
 # What each layer may never import (prefixes of module names). config sits between core's
 # layers (norms, models, augment), whose names it validates, and core's loop, which runs it.
-ABOVE_CONFIG = ("normlab.config", "normlab.validation", "normlab.studyfile")
+ABOVE_CONFIG = ("normlab.config", "normlab.variants", "normlab.validation", "normlab.studyfile")
 FORBIDDEN = {
     "normlab.errors": ("normlab.",),
     "normlab.atomic": ("normlab.core", "normlab.data", "normlab.store", "normlab.config"),
