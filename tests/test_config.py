@@ -122,8 +122,8 @@ def test_norm_batch_is_a_grid_axis_named_in_the_folders_only_when_it_varies(
     f.write_text("variants: [bn, gn]\nbatch_size: 32\nnorm_batch: [2, 8, 32]\n")
     config = load_study(str(f))
     runs = {r.path: r.train for r in config.runs()}
-    assert list(runs)[:3] == ["bn/nb2/seed0", "bn/nb8/seed0", "bn/nb32/seed0"]
-    assert [t.norm_batch for t in runs.values()] == [2, 8, 32] * 2
+    assert list(runs) == ["bn/nb2/seed0", "bn/nb8/seed0", "bn/nb32/seed0", "gn/seed0"]
+    assert [t.norm_batch for t in runs.values()] == [2, 8, 32, None]
     assert {t.batch_size for t in runs.values()} == {32}  # the optimizer's batch is unchanged
     both = parse_study({"variants": "bn", "batch_size": "8,16", "norm_batch": "2,4"})
     assert [r.path for r in both.runs()][:2] == ["bn/bs8-nb2/seed0", "bn/bs8-nb4/seed0"]
@@ -132,6 +132,37 @@ def test_norm_batch_is_a_grid_axis_named_in_the_folders_only_when_it_varies(
     unset = parse_study({"variants": "bn"})
     assert unset.train.norm_batch is None and unset.norm_batches == (None,)
     assert StudyConfig.from_dict(config.to_dict()).settings() == config.settings()
+
+
+def test_per_image_norms_run_once_per_seed_whatever_the_norm_batches() -> None:
+    """Only the batch-dependent norms expand over the norm batches: GN, LN and WS+GN compute the
+    same network at every K, so each runs once per seed, in a folder without `nbK`, and K is
+    None in its options (it sees none)."""
+    ks = [2, 4, 8, 16, 32, 128]
+    config = parse_study({"variants": "bn,brn,gn,ln,ws+gn", "norm_batch": ks, "seeds": 3})
+    runs = config.runs()
+    per_norm = {n: [r for r in runs if r.variant.norm == n] for n in ("bn", "brn", "gn", "ln")}
+    assert len(runs) == 2 * 6 * 3 + 3 * 3
+    assert [r.path for r in per_norm["bn"][:4]] == [
+        "bn/nb2/seed0",
+        "bn/nb2/seed1",
+        "bn/nb2/seed2",
+        "bn/nb4/seed0",
+    ]
+    assert sorted({r.train.norm_batch for r in per_norm["brn"]}) == ks
+    assert [r.path for r in per_norm["gn"]] == ["gn/seed0", "gn/seed1", "gn/seed2"]
+    assert {r.train.norm_batch for r in per_norm["ln"]} == {None}
+    assert {r.group for r in runs if r.variant.norm == "ws+gn"} == {"ws+gn"}
+    assert {r.train.batch_size for r in runs} == {128}
+
+    # The other axes still name the folder; one norm batch names nothing, as before.
+    both = parse_study({"variants": "bn,gn", "batch_size": "8,16", "norm_batch": "2,4"})
+    assert [r.path for r in both.runs()][-2:] == ["gn/bs8/seed0", "gn/bs16/seed0"]
+    one = parse_study({"variants": "bn,gn", "norm_batch": "4"})
+    assert [(r.path, r.train.norm_batch) for r in one.runs()] == [
+        ("bn/seed0", 4),
+        ("gn/seed0", None),
+    ]
 
 
 def test_a_norm_batch_must_divide_every_batch_size() -> None:

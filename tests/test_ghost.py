@@ -12,10 +12,9 @@ from torch import nn
 
 from normlab.core.ghost import GhostBatch, set_norm_batch
 from normlab.core.models import Net
-from normlab.core.norms import NORMS, make_norm, recompute_bn_statistics
+from normlab.core.norms import BATCH_DEPENDENT, NORMS, make_norm, recompute_bn_statistics
 from normlab.core.recent_norms import RAMP_STEPS
 
-BATCH_DEPENDENT = ("bn", "brn", "evonorm-b0")
 PER_IMAGE = tuple(n for n in NORMS if n not in BATCH_DEPENDENT)  # gn, ln, in, ws+gn, frn, ...
 
 
@@ -115,6 +114,9 @@ def test_per_image_norms_are_the_same_under_every_norm_batch(norm: str) -> None:
 
 @pytest.mark.parametrize("norm", BATCH_DEPENDENT)
 def test_norm_batch_changes_training_but_not_evaluation(norm: str) -> None:
+    """BATCH_DEPENDENT names exactly the norms with a GhostBatch layer (the per-image test
+    above holds the rest to none): the list the study's run expansion trusts."""
+    assert any(isinstance(m, GhostBatch) for m in Net(norm).modules())
     whole, ghost = net_outputs(norm, (None, 2), training=True)
     assert not torch.allclose(whole, ghost)
     reference, *others = net_outputs(norm, (None, 2, 4), training=False)

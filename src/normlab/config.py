@@ -2,9 +2,10 @@
 
 A *study* is variants (`variants`: a norm plus regularizers, `bn+l1`) x batch sizes x learning
 rates x norm batches (the images BatchNorm's statistics span) x seeds, all trained with the same
-`TrainOptions`; `normlab run` is the study of one of each. CLI flags, study files, presets and
-the notebook all build this one `StudyConfig`, and it is stored with the results, so a result
-is never separated from the settings that produced it.
+`TrainOptions`; `normlab run` is the study of one of each. A norm whose statistics are per image
+never sees the norm batch, so it runs once per seed, not once per norm batch. CLI flags, study
+files, presets and the notebook all build this one `StudyConfig`, and it is stored with the
+results, so a result is never separated from the settings that produced it.
 
 Validation is pydantic's (see `validation`), so one mechanism serves every source; its errors
 become a `ConfigError` naming the setting the way the user wrote it: `epochs` in a study file,
@@ -24,6 +25,7 @@ from pydantic.dataclasses import dataclass
 from normlab.core.augment import parse_augment
 from normlab.core.device import BY_DEVICE
 from normlab.core.models import ARCHS, check_network, parse_arch
+from normlab.core.norms import BATCH_DEPENDENT
 from normlab.data.named import INPUT_SHAPES
 from normlab.errors import NormlabError
 from normlab.validation import FILE_KEYS, STRICT, Axis, ConfigError, Count, Rate, Validated
@@ -100,7 +102,8 @@ class RunSpec:
 
     `path` is the run's folder relative to the study folder and names what differs between
     runs (`bn+l1/seed0`, or `bn/bs32/seed0` in a batch-size sweep, `bn/nb4/seed0` in a
-    norm-batch sweep); `group` is that path without the seed, the unit seeds are aggregated over.
+    norm-batch sweep, where a per-image norm's runs are `gn/seed0`); `group` is that path
+    without the seed, the unit seeds are aggregated over.
     """
 
     variant: Variant
@@ -203,19 +206,25 @@ class StudyConfig(Validated):
         its own: `bn+l1/seed0`, `bn/bs32/seed0`, `bn/bs32-lr0.1/seed0`, `bn/nb4/seed0` (only what
         varies is named).
 
+        A norm with per-image statistics (every norm but `BATCH_DEPENDENT`'s) computes the same
+        network under every norm batch, so it is not expanded over them: one run per seed, with
+        norm_batch None and no `nbK` in its folder (`gn/seed0` beside `bn/nb4/seed0`), where
+        retraining it would only spend compute on copies.
+
         Learning rates are spelled like strengths (exactly, so 0.1 and 0.1000001 never share
         `lr0.1`); two runs that would still share a folder are refused before any work starts.
         """
-        sizes, lrs, ks = self.batch_sizes, self.lrs, self.norm_batches
+        sizes, lrs, seeds = self.batch_sizes, self.lrs, range(self.seeds)
         runs = []
-        grid = itertools.product(self.variants, sizes, lrs, ks, range(self.seeds))
-        for v, bs, lr, k, seed in grid:
-            parts = [f"bs{bs}"] if len(sizes) > 1 else []
-            parts += [f"lr{spell_strength(lr)}"] if len(lrs) > 1 else []
-            parts += [f"nb{k or bs}"] if len(ks) > 1 else []
-            middle = "-".join(parts) + "/" if parts else ""
-            opts = replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs), norm_batch=k)
-            runs.append(RunSpec(v, seed, opts, f"{v.name}/{middle}seed{seed}"))
+        for v in self.variants:
+            ks = self.norm_batches if v.norm in BATCH_DEPENDENT else (None,)
+            for bs, lr, k, seed in itertools.product(sizes, lrs, ks, seeds):
+                parts = [f"bs{bs}"] if len(sizes) > 1 else []
+                parts += [f"lr{spell_strength(lr)}"] if len(lrs) > 1 else []
+                parts += [f"nb{k or bs}"] if len(ks) > 1 else []
+                middle = "-".join(parts) + "/" if parts else ""
+                opts = replace(self.train, batch_size=bs, lr=self.lr_for(lr, bs), norm_batch=k)
+                runs.append(RunSpec(v, seed, opts, f"{v.name}/{middle}seed{seed}"))
         paths = [r.path for r in runs]
         if len(set(paths)) < len(paths):
             twice = next(p for p in paths if paths.count(p) > 1)

@@ -65,6 +65,10 @@ NORM_NAMES = {
 # after them would cut what they learned to let through.
 SELF_ACTIVATED = ("frn", "evonorm-b0", "evonorm-s0")
 GROUPED = ("gn", "ws+gn", "evonorm-s0")  # the norms that --groups applies to
+# Norms whose training statistics span several images (their layers are ghost.GhostBatch): the
+# only ones a norm batch K changes. Every other norm computes the same network under every K,
+# so a study runs it once per seed, not once per K (config), and a report draws it flat.
+BATCH_DEPENDENT = ("bn", "brn", "evonorm-b0")
 EPS = 1e-5
 WS_EPS = 1e-6  # timm StdConv2d's default: added to the variance of a filter's weights
 
