@@ -7,10 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from normlab import cli
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +61,20 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def captured_figures(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> dict[str, Figure]:
+    """Keep each figure that `module` saves, by file name, drawn, instead of only its PNG."""
+    figures: dict[str, Figure] = {}
+    save = module.save_figure
+
+    def keep(fig: Figure, path: Path) -> list[Path]:
+        figures[path.name] = fig
+        fig.canvas.draw()
+        return save(fig, path)
+
+    monkeypatch.setattr(module, "save_figure", keep)
+    return figures
 
 
 def shared_data_dir() -> Path:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -37,6 +36,7 @@ from normlab.run.progress import Reporter
 from normlab.run.study import load_study_data, run_study
 from normlab.store.results import mean_ci, read_json, read_metrics, read_predictions
 from normlab.studyfile import load_study, parse_study, presets
+from tests.conftest import captured_figures
 
 TINY = {
     "dataset": "mnist",
@@ -378,25 +378,11 @@ def grid_summary(out: Path) -> dict:
     return summary
 
 
-def captured_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, plt.Figure]:
-    """Keep each figure the report draws, by file name, instead of only its PNG."""
-    figures: dict[str, plt.Figure] = {}
-    save = sweep_figures.save_figure
-
-    def keep(fig: plt.Figure, path: Path) -> list[Path]:
-        figures[path.name] = fig
-        fig.canvas.draw()
-        return save(fig, path)
-
-    monkeypatch.setattr(sweep_figures, "save_figure", keep)
-    return figures
-
-
 def test_sweep_figures_keep_every_batch_size_and_lr_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     summary = grid_summary(tmp_path)
-    figures = captured_figures(monkeypatch)
+    figures = captured_figures(monkeypatch, sweep_figures)
     written = write_sweep_report(tmp_path)
     assert [p.name for p in written] == ["results.md", "batch_size.png", "heatmap.png"]
 
@@ -437,7 +423,7 @@ def test_batch_size_axis_reaches_above_the_highest_band_and_stops_at_100(
         out = tmp_path / str(top_acc)
         out.mkdir()
         (out / "summary.json").write_text(json.dumps({"variants": [low, high]}))
-        figures = captured_figures(monkeypatch)
+        figures = captured_figures(monkeypatch, sweep_figures)
         write_sweep_report(out)
         (ax,) = figures["batch_size.png"].axes
         assert ax.get_ylim() == pytest.approx((0.0, want_top))

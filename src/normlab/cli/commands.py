@@ -122,8 +122,8 @@ def sweep(
     ] = None,
     **settings: Any,
 ) -> None:
-    """Run a study file or preset: variants or a grid x batch sizes x learning rates x seeds;
-    the options override the file's settings."""
+    """Run a study file or preset: variants or a grid x batch sizes x learning rates x norm
+    batches x seeds; the options override the file's settings."""
     if list_presets:
         for name in presets():
             config = load_study(name)

@@ -6,6 +6,8 @@
                     batch size varies)
     heatmap.png     mean test error over l1 x l2, a panel per norm, batch size and learning
                     rate (when l1 or l2 varies)
+    norm_batch.png  test error against the norm batch K, with its table and findings in
+                    results.md (when a batch-dependent norm ran at several K; `norm_batch`)
 
 Each figure is also written as SVG beside the PNG (by report.plotting.save_figure, as the
 report's are).
@@ -17,23 +19,26 @@ good and the small-batch collapse reads upwards.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.atomic import write_atomic
 from normlab.core.norms import NORM_NAMES
+from normlab.report.norm_batch import norm_batch_section
 from normlab.report.plotting import pyplot, save_figure
+from normlab.report.sweep_lines import (
+    error,
+    error_axis,
+    error_band,
+    line_label,
+    line_name,
+    log2_axis,
+)
 from normlab.store.results import read_json
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.image import AxesImage
-
-
-def error(acc: float) -> float:
-    """Test error in percent from accuracy in percent."""
-    return 100.0 - acc
 
 
 def _diverged(group: dict) -> str:
@@ -70,15 +75,6 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _line_name(g: dict) -> str:
-    """The group's name without its batch size, the key of one line in the batch-size figure:
-    a line per variant and learning rate, never a zigzag through several learning rates. (The
-    stored `lr` cannot be the key: with lr_reference_batch it changes with the batch size.)"""
-    variant, _, middle = g["name"].partition("/")
-    rest = re.sub(r"^bs\d+-?", "", middle)
-    return f"{variant}/{rest}" if rest else variant
-
-
 def batch_size_figure(summary: dict, path: Path) -> Path:
     """Test error vs batch size, a line per variant and learning rate: mean, 95% band over
     seeds, seed dots."""
@@ -86,37 +82,29 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
     by_line: dict[str, list[dict]] = {}
     for g in summary["variants"]:
         if "final_test_acc" in g:
-            by_line.setdefault(_line_name(g), []).append(g)
+            by_line.setdefault(line_name(g, "bs"), []).append(g)
     sizes = sorted({g["batch_size"] for g in summary["variants"]})
-    for line_name, groups in by_line.items():
+    for name, groups in by_line.items():
         groups.sort(key=lambda g: g["batch_size"])
         xs = [g["batch_size"] for g in groups]
-        norm, name = groups[0]["norm"], groups[0]["variant"]
-        label = NORM_NAMES.get(norm, norm) + (name[len(norm) :] if name != norm else "")
-        label += f" {line_name.partition('/')[2]}" if "/" in line_name else ""
+        label = line_label(groups[0], name)
         (line,) = ax.plot(xs, [error(g["final_test_acc"]) for g in groups], "o-", label=label)
         banded = [g for g in groups if "final_test_acc_ci95" in g]
         if banded:
-            # Few seeds give intervals beyond what an error can be: draw them cut to [0, 100].
-            ax.fill_between(
+            error_band(
+                ax,
                 [g["batch_size"] for g in banded],
-                [max(0.0, error(g["final_test_acc_ci95"][1])) for g in banded],
-                [min(100.0, error(g["final_test_acc_ci95"][0])) for g in banded],
-                color=line.get_color(),
-                alpha=0.18,
-                linewidth=0,
+                [error(g["final_test_acc_ci95"][1]) for g in banded],
+                [error(g["final_test_acc_ci95"][0]) for g in banded],
+                line.get_color(),
             )
         for g in groups:
             seeds = [error(s["final_test_acc"]) for s in g["seeds"] if "final_test_acc" in s]
             ax.scatter(
                 [g["batch_size"]] * len(seeds), seeds, s=9, color=line.get_color(), alpha=0.5
             )
-    # From 0 (a perfect score) to just above the highest mark: a fixed 0-100 axis flattens a
-    # study whose errors are all a few percent into one line at the bottom.
-    ax.set_ylim(0, min(100.0, 1.1 * max(ax.dataLim.y1, 1.0)))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.minorticks_off()
+    error_axis(ax)
+    log2_axis(ax, sizes)
     ax.set_xlabel("batch size (images per step)")
     ax.set_ylabel("test error % (final epoch)")
     ax.set_title(
@@ -212,7 +200,9 @@ def write_sweep_report(out: Path) -> list[Path]:
                 f"batch size x learning rate), more than {MAX_PANELS}; sweep the grid over fewer "
                 "batch sizes or learning rates to see it."
             )
+    drawn, section = norm_batch_section(summary, out)
+    figures += drawn
     table = out / "results.md"
-    text = results_table(summary) + "".join(f"\n{note}\n" for note in notes)
+    text = results_table(summary) + "".join(f"\n{note}\n" for note in notes) + section
     write_atomic(table, text.encode())
     return [table, *figures]
