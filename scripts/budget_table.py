@@ -1,10 +1,10 @@
 """The results table of a network search: one row per run of the given study folders.
 
-Each row names the network, its parameter count, the variant, the peak learning rate, the
-seed, the test accuracy of the last three epochs and whether all three reach the bar (99.4%
-by default: the course's tier for MNIST networks under 8,000 parameters). The rows come from
-the folders' own files (study.json, run.json, metrics.csv), so the table can be regenerated
-from the committed studies at any time:
+Each row names the network, its parameter count, the variant, the batch size, the peak
+learning rate, the augmentation, the seed, the test accuracy of the last three epochs and
+whether all three reach the bar (99.4% by default: the course's tier for MNIST networks under
+8,000 parameters). The rows come from the folders' own files (study.json, run.json,
+metrics.csv), so the table can be regenerated from the committed studies at any time:
 
     python scripts/budget_table.py docs/results/mnist-8k/search/* > table.md
 """
@@ -33,7 +33,9 @@ def rows(study: Path, bar: float) -> list[list[str]]:
                 f"`{train['model'] if train['model'] != 'auto' else config['dataset']}`",
                 f"{run['params']:,}",
                 path.rsplit("/", 1)[0],
+                str(train["batch_size"]),
                 f"{train['lr']:g}",
+                train["augment"],
                 str(run["config"]["seed"]),
                 " / ".join(f"{a:.2f}" for a in last),
                 "yes" if min(last) >= bar else "no",
@@ -48,7 +50,8 @@ def main() -> None:
     parser.add_argument("studies", nargs="+", type=Path, help="study folders")
     parser.add_argument("--bar", type=float, default=99.4, help="test accuracy %% to reach")
     args = parser.parse_args()
-    header = ["network", "params", "variant", "lr", "seed", "last 3 epochs %", "all >= bar", "study"]
+    header = ["network", "params", "variant", "batch", "lr", "augment", "seed"]
+    header += ["last 3 epochs %", "all >= bar", "study"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for study in args.studies:
