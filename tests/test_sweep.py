@@ -36,7 +36,7 @@ from normlab.run.progress import Reporter
 from normlab.run.study import load_study_data, run_study
 from normlab.store.results import mean_ci, read_json, read_metrics, read_predictions
 from normlab.studyfile import load_study, parse_study, presets
-from tests.conftest import captured_figures
+from tests.conftest import REPO, captured_figures
 
 TINY = {
     "dataset": "mnist",
@@ -182,14 +182,16 @@ def test_make_executor_refuses_contradictions() -> None:
 @pytest.mark.parametrize(
     ("device", "cores", "runs", "chosen"),
     [
-        ("cpu", 2, 3, ("pool", 2)),
+        ("cpu", 2, 3, ("pool", 3)),
+        ("cpu", 2, 4, ("pool", 4)),
+        ("cpu", 2, 5, ("pool", 2)),
         ("cpu", 4, 3, ("pool", 3)),
         ("cpu", 2, 1, ("local", None)),
         ("cpu", 1, 3, ("local", None)),
         ("cuda", 2, 3, ("local", None)),
     ],
 )
-def test_auto_workers_one_single_threaded_process_per_run_up_to_the_cores(
+def test_auto_workers_one_single_threaded_process_per_run_up_to_twice_the_cores(
     monkeypatch: pytest.MonkeyPatch, device: str, cores: int, runs: int, chosen: tuple
 ) -> None:
     seen: list[tuple] = []
@@ -489,7 +491,20 @@ def test_a_resumed_study_keeps_the_network_it_started_with(
     not finish an old folder's runs on another network."""
     config = parse_study(tiny(mnist_dir, variants=["gn"], seeds=2, epochs=1, limit_train=64))
     run_study(config, tmp_path / "out")
-    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist"]
+    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist-8k"]
     monkeypatch.setattr(study_module, "choose_arch", lambda shape, model: "8 M 8")
     with pytest.raises(NormlabError, match=r"was trained with network '.*', but it would now"):
         run_study(config, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("folder", "network"), [("mnist", ARCHS["mnist"]), ("cifar10", ARCHS["cifar"])]
+)
+def test_folders_from_before_the_network_record_name_the_network_they_trained(
+    folder: str, network: str
+) -> None:
+    """The committed mnist study (`--model auto`, written when auto meant the 18,554-parameter
+    network) must not be resumed on today's default network."""
+    stored = json.loads((REPO / "docs/results" / folder / "study.json").read_text())
+    assert "network" not in stored["data"]
+    assert study_module.stored_network(stored) == network

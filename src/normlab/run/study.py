@@ -161,12 +161,30 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
     }
 
 
+# What `--model auto` meant for an image size whose default network has changed since, in the
+# folders written before study.json recorded the network: 28x28 got today's `mnist` by name.
+AUTO_BEFORE_RECORDED = {(28, 28): "mnist"}
+
+
+def stored_network(previous: dict) -> str | None:
+    """The network a stored study trained: recorded in study.json, or for a folder from before
+    the record, its `--model` resolved as it was then (None where the folder does not say)."""
+    data = previous.get("data") or {}
+    if "network" in data or "input_shape" not in data:
+        return data.get("network")
+    shape = tuple(data["input_shape"])
+    model = previous["config"].get("train", {}).get("model", "auto")
+    if model == "auto" and shape[1:] in AUTO_BEFORE_RECORDED:
+        model = AUTO_BEFORE_RECORDED[shape[1:]]
+    return choose_arch(shape, model)
+
+
 def same_resolution(previous: dict | None, record: dict, out: Path) -> None:
     """Refuse to resume a study whose `auto` augmentation or network now resolves differently
     (an edited normlab.yaml, or a version with other defaults): its finished runs and its
     remaining ones would have trained differently, and study.json would claim one setting for
-    both. (Folders written before the network was recorded are not checked for it.)"""
-    before = (previous or {}).get("data") or {}
+    both."""
+    before = {**((previous or {}).get("data") or {}), "network": stored_network(previous or {})}
     now = record["data"]
     why = {"augmentation": f" ({now['augment_reason']})", "network": ""}
     for what, key in (("augmentation", "augment"), ("network", "network")):
