@@ -78,6 +78,7 @@ train_options = st.builds(
     eval_batch_size=counts,
     norm_batch=st.none() | st.just(1),  # 1 divides every batch size
     precise_bn=st.integers(0, 100),
+    activation_stats=st.booleans(),
 )
 configs = st.builds(
     StudyConfig,

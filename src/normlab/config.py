@@ -74,6 +74,7 @@ class TrainOptions(Validated):
     model: str = "auto"  # a name in models.ARCHS or a spec string; auto = by input shape
     norm_batch: Count | None = None  # images a BatchNorm statistic spans (core.ghost); None: all
     precise_bn: Annotated[int, Field(ge=0)] = PRECISE_BN_BATCHES  # core.evaluation; 0: off
+    activation_stats: bool = False  # the norm layers' statistics (core.activations)
 
     @field_validator("augment")
     @classmethod
@@ -90,6 +91,14 @@ class TrainOptions(Validated):
         if model != "auto":
             parse_arch(ARCHS.get(model, model))  # a misspelt spec fails now, not mid-study
         return model
+
+    @model_validator(mode="after")
+    def _stats_uncompiled(self) -> TrainOptions:
+        """The statistics' hooks come and go mid-run, which a compiled graph would not survive
+        without recompiling (core.activations), so the two are refused together."""
+        if self.activation_stats and self.compile:
+            raise ConfigError("activation_stats", " cannot be combined with compile")
+        return self
 
 
 AXIS_KEYS = ("batch_size", "lr", "norm_batch")  # train options that a study can make grid axes

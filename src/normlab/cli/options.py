@@ -99,6 +99,12 @@ STUDY_OPTIONS: dict[str, Any] = {
         "auto",
     ),
     "compile": option(bool, "torch.compile the model (pays on a GPU).", "off"),
+    "activation_stats": option(
+        bool,
+        "Record the mean and std of every norm layer's input and of its gradient at 4 steps an "
+        "epoch (activations.npz; the report draws them); not with --compile.",
+        "off",
+    ),
 }
 # How the study executes: (flag type, default), the same in `run` and `sweep`.
 EXECUTION_OPTIONS: dict[str, tuple[Any, object]] = {

@@ -44,6 +44,23 @@ class StatisticsGap:
     precise_batches: int
 
 
+# The four statistics of a norm layer at a measured step, in the order `ActivationStats` holds
+# them: the mean and std of its input (the pre-norm activations), then of the loss's gradient
+# with respect to that input. See core.activations.
+STAT_NAMES = ("act_mean", "act_std", "grad_mean", "grad_std")
+
+
+@dataclass
+class ActivationStats:
+    """The norm layers' activation statistics at a few steps per epoch (core.activations):
+    `layers` labels each norm layer, input to output; `epoch` is each measured step's place in
+    training in epochs (1.0 is the end of the first); `values[t, layer]` holds `STAT_NAMES`."""
+
+    layers: list[str]
+    epoch: torch.Tensor  # (steps,) float64
+    values: torch.Tensor  # (steps, layers, 4) float32
+
+
 @dataclass
 class RunResult:
     """Everything a run leaves behind: what the results store writes and the report reads."""
@@ -57,3 +74,4 @@ class RunResult:
     status: str = "finished"  # or "diverged"
     diverged_epoch: int | None = None
     statistics_gap: StatisticsGap | None = None  # runs with batch-dependent norms only
+    activations: ActivationStats | None = None  # recorded with --activation-stats only

@@ -5,8 +5,9 @@ Read it top to bottom like pytorch/examples' mnist/main.py: the model and the op
 `train_run`, which alternates training and test epochs and checkpoints between them, and ends
 with what BatchNorm's running statistics cost (`evaluation`, which also holds `evaluate`).
 Nothing in the loop copies to the host per step: the loss and correct counts are summed on the
-device and read once per epoch. `normlab bench` builds its runs with the same `make_context` and
-`train_step`, so it times the code that trains.
+device and read once per epoch, as are the norm layers' activation statistics that
+`--activation-stats` measures at a few steps per epoch (`activations`). `normlab bench` builds
+its runs with the same `make_context` and `train_step`, so it times the code that trains.
 
 Regularizers act on the convolution weights only (the `weight` of every Conv2d, head included):
 L1 adds `l1 * sum|w|` to the loss, L2 is SGD weight decay on the same tensors. Norm scales and
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.config import TrainOptions, Variant
+from normlab.core.activations import ActivationProbe
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
 from normlab.core.device import eval_batch_size, memory_format, use_bf16
@@ -120,8 +122,9 @@ SHORT_EPOCH = 100  # optimizer steps; below this an epoch ends with `settle_batc
 @dataclass(frozen=True)
 class RunContext:
     """What one run holds fixed while it loops: the model (`net` is what forward passes call,
-    see `compiled`), its optimizer and schedule, the generator that shuffles and augments, and
-    the device policies. One builder (`make_context`) makes it for training and for `normlab
+    see `compiled`), its optimizer and schedule, the generator that shuffles and augments, the
+    device policies, and the probe of the norm layers' statistics (recording only with
+    `activation_stats`). One builder (`make_context`) makes it for training and for `normlab
     bench`, so the benchmark times exactly what a run does."""
 
     variant: Variant
@@ -136,6 +139,7 @@ class RunContext:
     fmt: torch.memory_format
     device: torch.device
     eval_batch: int
+    probe: ActivationProbe
 
 
 def make_context(
@@ -165,6 +169,7 @@ def make_context(
         fmt=fmt,
         device=device,
         eval_batch=eval_batch_size(device, opts.eval_batch_size, data.input_shape),
+        probe=ActivationProbe(model, enabled=opts.activation_stats),
     )
 
 
@@ -197,14 +202,18 @@ def train_epoch(
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
-    for images, labels in batches(data.train, ctx.opts.batch_size, ctx.generator):
+    ctx.probe.begin(steps_per_epoch(len(data.train), ctx.opts.batch_size), ctx.sched.last_epoch)
+    batched = batches(data.train, ctx.opts.batch_size, ctx.generator)
+    for step, (images, labels) in enumerate(batched):
         x = prepare_batch(images, data.mean, data.std, ctx.generator, ctx.augment)
-        loss, logits = train_step(ctx, x.contiguous(memory_format=ctx.fmt), labels)
+        with ctx.probe.at(step):
+            loss, logits = train_step(ctx, x.contiguous(memory_format=ctx.fmt), labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         if on_step is not None:
             on_step()
+    ctx.probe.end()
     return loss_sum.item() / seen, 100.0 * correct.item() / seen
 
 
@@ -221,6 +230,7 @@ def training_state(ctx: RunContext, metrics: list[EpochMetrics]) -> dict:
         "scheduler": ctx.sched.state_dict(),
         "generator": ctx.generator.get_state(),
         "metrics": [asdict(x) for x in metrics],
+        "activations": ctx.probe.state(),
     }
 
 
@@ -232,6 +242,7 @@ def resume(ctx: RunContext, checkpoint: Path) -> list[EpochMetrics]:
     ctx.opt.load_state_dict(state["optimizer"])
     ctx.sched.load_state_dict(state["scheduler"])
     ctx.generator.set_state(state["generator"].cpu())
+    ctx.probe.load(state.get("activations"))
     return [EpochMetrics(**m) for m in state["metrics"]]
 
 
@@ -285,6 +296,7 @@ def train_run(
         m, predictions = fit_epoch(ctx, data, epoch, on_step)
         if m is None:
             result.status, result.diverged_epoch = "diverged", epoch
+            result.activations = ctx.probe.result()  # up to the divergence: what blew up
             result.predictions = {}  # an earlier epoch's would not describe the NaN model
             return result
         result.predictions = predictions
@@ -297,4 +309,5 @@ def train_run(
         _, _, result.predictions = test_pass(ctx, data)
     result.statistics_gap = statistics_gap(ctx, data, metrics[-1].test_acc)
     result.state_dict = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
+    result.activations = ctx.probe.result()
     return result
