@@ -7,9 +7,13 @@
     OUT/<variant>/seed<k>/predictions.npz  pred, conf, target (int32) for every test image
     OUT/<variant>/seed<k>/run.json    status, parameters, epochs done, the run's configuration,
                                       and for batch-dependent norms the statistics gap
+    OUT/<variant>/seed<k>/activations.npz  with --activation-stats: layer (labels), epoch (of
+                                      each measured step), act_mean, act_std, grad_mean,
+                                      grad_std (steps x layers; see core.activations)
 
 A diverged run (run.json status "diverged", with diverged_epoch) has metrics.csv up to its last
-good epoch and no model.pt or predictions.npz: its weights are not a model anyone can use.
+good epoch and no model.pt or predictions.npz: its weights are not a model anyone can use; its
+activations.npz goes up to the divergence.
 
 A sweep (`normlab sweep`) nests what else differs between runs, e.g. OUT/bn/bs32/seed0; every
 run folder holds the same files, and summary.json has one entry per group of seeds.
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from normlab.core.records import EpochMetrics, RunResult
+from normlab.core.records import STAT_NAMES, ActivationStats, EpochMetrics, RunResult
 from normlab.errors import NormlabError
 
 if TYPE_CHECKING:
@@ -77,6 +81,21 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
     return Path(out) / variant / f"seed{seed}"
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays compressed into one .npz, written atomically (read back without pickles)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(path, buf.getvalue())
+
+
+def activation_arrays(stats: ActivationStats) -> dict[str, np.ndarray]:
+    """activations.npz's arrays: the layer labels as text (no pickle needed to read them), the
+    measured steps' epochs, and each of `STAT_NAMES` as a steps x layers array."""
+    values = stats.values.numpy()
+    named = {name: values[:, :, i] for i, name in enumerate(STAT_NAMES)}
+    return {"layer": np.array(stats.layers, dtype=str), "epoch": stats.epoch.numpy(), **named}
+
+
 def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
     """Write one run's files; run.json last, so its presence means the run is complete.
     A diverged run gets no model.pt or predictions.npz (any left from before are removed)."""
@@ -96,9 +115,11 @@ def write_run(out: Path, run: RunSpec, result: RunResult) -> Path:
         model = io.BytesIO()
         torch.save(result.state_dict, model)
         write_atomic(d / "model.pt", model.getvalue())
-        pred = io.BytesIO()
-        np.savez_compressed(pred, **{k: v.numpy() for k, v in result.predictions.items()})
-        write_atomic(d / "predictions.npz", pred.getvalue())
+        write_npz(d / "predictions.npz", {k: v.numpy() for k, v in result.predictions.items()})
+    if result.activations is None:  # none recorded: none from an earlier attempt stays either
+        (d / "activations.npz").unlink(missing_ok=True)
+    else:
+        write_npz(d / "activations.npz", activation_arrays(result.activations))
     write_json(
         d / "run.json",
         {
@@ -136,10 +157,22 @@ def run_file(d: Path, name: str) -> Path:
     return path
 
 
-def read_predictions(d: Path) -> dict[str, np.ndarray]:
-    """predictions.npz: pred, conf and target arrays (no pickles are loaded)."""
-    with np.load(run_file(d, "predictions.npz"), allow_pickle=False) as z:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, loaded without pickles (a tampered file cannot run code)."""
+    with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def read_predictions(d: Path) -> dict[str, np.ndarray]:
+    """predictions.npz: pred, conf and target arrays."""
+    return read_npz(run_file(d, "predictions.npz"))
+
+
+def read_activations(d: Path) -> dict[str, np.ndarray] | None:
+    """activations.npz (see `activation_arrays`), or None for a run without one: recorded
+    without --activation-stats, or before it existed."""
+    path = Path(d) / "activations.npz"
+    return read_npz(path) if path.exists() else None
 
 
 def load_state_dict(d: Path) -> dict[str, torch.Tensor]:
