@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from normlab.report.plotting import COLORS, pyplot, save_figure
+from normlab.report.plotting import COLORS, log_scale, pyplot, save_figure
 from normlab.store.reader import StoredStudy, StoredVariant
 
 if TYPE_CHECKING:
@@ -89,8 +89,6 @@ def draw_variant(ax: Axes, stored: StoredVariant, column: str, color: str) -> np
 def scale_y(ax: Axes, study: StoredStudy, is_acc: bool, means: list[np.ndarray]) -> str:
     """Accuracy zoomed to where the variants differ (from 5 epochs on), loss on a log scale
     with plain tick labels; returns a note for the title when early epochs fall below."""
-    from matplotlib.ticker import FuncFormatter
-
     if is_acc and study.epochs >= 5:
         lo, hi = _zoomed_range(means, study.epochs)
         ax.set_ylim(lo, hi)
@@ -99,11 +97,7 @@ def scale_y(ax: Axes, study: StoredStudy, is_acc: bool, means: list[np.ndarray])
                 f"\ny-axis zoomed to where the variants differ: earlier epochs lie below {lo:.1f}%"
             )
     elif not is_acc:
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda value, _pos: f"{value:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        log_scale(ax)
     return ""
 
 

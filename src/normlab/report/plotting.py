@@ -4,6 +4,7 @@ as PNG and SVG atomically."""
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 from normlab.atomic import write_atomic
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -25,6 +27,27 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def log_scale(ax: Axes) -> None:
+    """A log y-axis labelled with plain numbers (0.4, 2e-05) rather than powers of ten, and
+    with as many minor ticks labelled as fit: all of them on an axis (as the plotted data
+    sets it) spanning less than a decade, which would otherwise show one label or none; those
+    at 2 and 5 on one of up to two decades; none on a longer one."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    span = hi / lo if lo > 0 else math.inf
+    shown = set(range(1, 10)) if span < 10 else {2, 5} if span < 100 else set()
+
+    def minor(value: float, _pos: int) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in shown else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def save_figure(fig: Figure, path: Path) -> list[Path]:
