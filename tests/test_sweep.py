@@ -491,7 +491,7 @@ def test_a_resumed_study_keeps_the_network_it_started_with(
     not finish an old folder's runs on another network."""
     config = parse_study(tiny(mnist_dir, variants=["gn"], seeds=2, epochs=1, limit_train=64))
     run_study(config, tmp_path / "out")
-    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist-8k"]
+    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist"]
     monkeypatch.setattr(study_module, "choose_arch", lambda shape, model: "8 M 8")
     with pytest.raises(NormlabError, match=r"was trained with network '.*', but it would now"):
         run_study(config, tmp_path / "out")
@@ -503,8 +503,8 @@ def test_a_resumed_study_keeps_the_network_it_started_with(
 def test_folders_from_before_the_network_record_name_the_network_they_trained(
     folder: str, network: str
 ) -> None:
-    """The committed mnist study (`--model auto`, written when auto meant the 18,554-parameter
-    network) must not be resumed on today's default network."""
+    """The committed studies predate the network record: they are checked against the network
+    their `--model auto` resolved to, so a future default cannot resume them silently."""
     stored = json.loads((REPO / "docs/results" / folder / "study.json").read_text())
     assert "network" not in stored["data"]
     assert study_module.stored_network(stored) == network

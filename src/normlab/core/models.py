@@ -30,20 +30,20 @@ from normlab.core.norms import conv_layer, make_activation, make_norm
 from normlab.errors import NormlabError, first_line
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
-# mnist-8k (1x28x28, the default): 7,578 parameters, under the course's 8,000 tier; pool after
-#   one full-resolution convolution, the channels at 12x12 and below where they are cheap.
-#   Found by the search in docs/results/mnist-8k (with batch 64 and lr 0.2, the defaults).
-# mnist (1x28x28): the 18,554-parameter network that was the default before mnist-8k, kept by
-#   name so its committed studies can be reproduced.
+# mnist (1x28x28, the default): pool after one full-resolution convolution, spend the channels
+#   at 12x12 and below where they are cheap (18,554 parameters).
+# mnist-8k (1x28x28): the same plan in 7,578 parameters, the best of the search for the
+#   course's under-8,000 tier in docs/results/mnist-8k; no recipe tried there holds 99.4% with
+#   every norm in every one of the last three epochs, so it is not the default.
 # cifar (3x32x32): a stride-2 stem goes to 16x16 at once (the same body trains faster behind it
 #   than behind a full-resolution layer and pooling: a one-off measurement, not committed), then
 #   the channels grow at 16x16 and 8x8.
 ARCHS: dict[str, str] = {
-    "mnist-8k": "8 M 12v 16v M 16 16",
     "mnist": "16 M 16v 24v M 24 32",
+    "mnist-8k": "8 M 12v 16v M 16 16",
     "cifar": "32s 32 M 48 48 48t",
 }
-ARCH_BY_SHAPE: dict[tuple[int, int], str] = {(28, 28): "mnist-8k", (32, 32): "cifar"}
+ARCH_BY_SHAPE: dict[tuple[int, int], str] = {(28, 28): "mnist", (32, 32): "cifar"}
 # One convolution token: a width, then an optional kind; anything else ('-4', '16vs') is refused.
 CONV_TOKEN = re.compile(r"(\d+)([vtsp]?)")
 
@@ -127,7 +127,7 @@ class Net(nn.Module):
         in_channels: int = 1,
         num_classes: int = 10,
         groups: int | None = None,
-        arch: str = ARCHS["mnist-8k"],
+        arch: str = ARCHS["mnist"],
     ) -> None:
         super().__init__()
         self.norm, self.arch = norm, arch

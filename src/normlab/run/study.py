@@ -161,22 +161,15 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
     }
 
 
-# What `--model auto` meant for an image size whose default network has changed since, in the
-# folders written before study.json recorded the network: 28x28 got today's `mnist` by name.
-AUTO_BEFORE_RECORDED = {(28, 28): "mnist"}
-
-
 def stored_network(previous: dict) -> str | None:
     """The network a stored study trained: recorded in study.json, or for a folder from before
-    the record, its `--model` resolved as it was then (None where the folder does not say)."""
+    the record, its `--model` resolved for its input shape (None where the folder says
+    neither). `auto` has resolved the same way for every shape since the first study."""
     data = previous.get("data") or {}
     if "network" in data or "input_shape" not in data:
         return data.get("network")
-    shape = tuple(data["input_shape"])
     model = previous["config"].get("train", {}).get("model", "auto")
-    if model == "auto" and shape[1:] in AUTO_BEFORE_RECORDED:
-        model = AUTO_BEFORE_RECORDED[shape[1:]]
-    return choose_arch(shape, model)
+    return choose_arch(tuple(data["input_shape"]), model)
 
 
 def same_resolution(previous: dict | None, record: dict, out: Path) -> None:
