@@ -153,3 +153,28 @@ def test_ghost_batches_train_in_channels_last_and_bf16(norm: str) -> None:
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0)
     low.float().sum().backward()
+
+
+@pytest.mark.parametrize("kind", BATCH_DEPENDENT)
+@pytest.mark.parametrize("k", [2, None])  # None: brn still averages through `running_sequence`
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_running_statistics_stay_float32_under_autocast(
+    kind: str, k: int | None, dtype: torch.dtype
+) -> None:
+    """Under bf16 autocast the running statistics are PyTorch's BatchNorm2d's on each K-image
+    chunk under the same autocast, which keeps them in float32: an input around 100 would show
+    bf16's 8-bit mantissa (steps of 0.25 at 34) if the update ran in bf16. The input is given
+    in float32 and in bf16 (what a convolution under autocast hands the norm)."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 3, 4, 4) * 2 + 100).to(dtype)
+    ghost, plain = make_norm(kind, 3), nn.BatchNorm2d(3)
+    ghost.norm_batch = k
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for batch in (x, x * 0.5):
+            ghost(batch)
+            for chunk in batch.split(k or len(batch)):
+                plain(chunk)
+    assert ghost.running_var.dtype == torch.float32
+    torch.testing.assert_close(ghost.running_var, plain.running_var, atol=1e-5, rtol=1e-4)
+    if kind != "evonorm-b0":  # EvoNorm-B0 keeps no running mean
+        torch.testing.assert_close(ghost.running_mean, plain.running_mean, atol=1e-5, rtol=1e-4)

@@ -78,12 +78,18 @@ def group_moments(
 def running_sequence(start: torch.Tensor, stats: torch.Tensor, momentum: float) -> torch.Tensor:
     """The running value before each of G exponential-average updates by `stats` (G, C) in
     sequence, and after the last: (G + 1, C), row g = (1-m)^g start + sum over j < g of
-    m (1-m)^(g-1-j) stats[j], which is what g updates `r <- (1-m) r + m s` leave."""
+    m (1-m)^(g-1-j) stats[j], which is what g updates `r <- (1-m) r + m s` leave.
+
+    In float32 at least, with autocast off: under autocast the matmul would run in bf16 and
+    round the running statistics to 8 bits of mantissa (a mean of 34.41 stored as 34.5), where
+    PyTorch's BatchNorm2d keeps them in float32."""
     groups = stats.shape[0]
+    start, stats = as_float(start), as_float(stats)
     steps = torch.arange(groups + 1, device=stats.device, dtype=stats.dtype)
     lag = steps[:, None] - 1 - steps[None, :groups]
     take = torch.where(lag >= 0, momentum * (1 - momentum) ** lag.clamp(min=0), 0.0)
-    return (1 - momentum) ** steps[:, None] * start + take @ stats
+    with torch.autocast(stats.device.type, enabled=False):
+        return (1 - momentum) ** steps[:, None] * start + take @ stats
 
 
 def averaged(
