@@ -8,14 +8,19 @@ import math
 import os
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
+from rich.progress import Progress
 
+from normlab.cli.display import RichReporter
 from normlab.config import RunSpec, StudyConfig, TrainOptions, Variant, parse_variant
 from normlab.core.models import ARCHS
+from normlab.core.records import EpochMetrics
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.report import sweep_figures
@@ -180,30 +185,35 @@ def test_make_executor_refuses_contradictions() -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "cores", "runs", "chosen"),
+    ("device", "cores", "threads", "runs", "workers"),
     [
-        ("cpu", 2, 3, ("pool", 3)),
-        ("cpu", 2, 4, ("pool", 4)),
-        ("cpu", 2, 5, ("pool", 2)),
-        ("cpu", 4, 3, ("pool", 3)),
-        ("cpu", 2, 1, ("local", None)),
-        ("cpu", 1, 3, ("local", None)),
-        ("cuda", 2, 3, ("local", None)),
+        ("cpu", 2, 2, 3, 3),
+        ("cpu", 2, 2, 5, 3),
+        ("cpu", 4, 4, 3, 3),
+        ("cpu", 4, 4, 9, 5),
+        ("cpu", 2, 1, 3, None),  # OMP_NUM_THREADS=1: this process's one thread, no pool
+        ("cpu", 2, 2, 1, None),
+        ("cpu", 1, 1, 3, None),
+        ("cuda", 2, 2, 3, None),
     ],
 )
-def test_auto_workers_one_single_threaded_process_per_run_up_to_twice_the_cores(
-    monkeypatch: pytest.MonkeyPatch, device: str, cores: int, runs: int, chosen: tuple
+def test_auto_workers_one_single_threaded_process_per_run_up_to_one_more_than_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    cores: int,
+    threads: int,
+    runs: int,
+    workers: int | None,
 ) -> None:
-    seen: list[tuple] = []
+    """Planned on the study's runs, so a resumed study's last run trains as the others did."""
     monkeypatch.setattr(executors, "available_cores", lambda: cores)
-    monkeypatch.setattr(executors, "resolve_device", lambda d: torch.device(d))
-    monkeypatch.setattr(
-        PoolExecutor, "execute", lambda self, *a: seen.append(("pool", self.workers, self.threads))
-    )
-    monkeypatch.setattr(LocalExecutor, "execute", lambda self, *a: seen.append(("local", None)))
-    jobs = [Job(run) for run in parse_study(tiny(Path("x"), variants=["gn"], seeds=runs)).runs()]
-    AutoExecutor().execute(jobs, None, device, Reporter(), lambda job, result: None)
-    assert seen == [(*chosen, 1) if chosen[0] == "pool" else chosen]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    auto = AutoExecutor()
+    planned = auto.plan(runs, torch.device(device))
+    if workers is None:
+        assert auto.pool is None and planned == threads
+    else:
+        assert (auto.pool.workers, auto.pool.threads, planned) == (workers, 1, 1)
 
 
 # --- running sweeps on real data ------------------------------------------------------------
@@ -508,3 +518,18 @@ def test_folders_from_before_the_network_record_name_the_network_they_trained(
     stored = json.loads((REPO / "docs/results" / folder / "study.json").read_text())
     assert "network" not in stored["data"]
     assert study_module.stored_network(stored) == network
+
+
+def test_progress_bars_follow_concurrent_runs_epoch_by_epoch() -> None:
+    """Pool runs report epochs, not steps, and several run at once: each keeps its own bar,
+    moved to its finished epochs, and removed when that run (not the last started) ends."""
+    a, b = parse_study(tiny(Path("x"), variants=["gn", "ln"])).runs()
+    progress = Progress(console=Console(file=StringIO()))
+    reporter = RichReporter(progress)
+    reporter.run_started(a, 2 * 8, 0)
+    reporter.run_started(b, 2 * 8, 0)
+    reporter.epoch_done(a, EpochMetrics(1, 0.5, 80.0, 0.4, 85.0, 0.05, 1.0))
+    bars = {t.description: t for t in progress.tasks}
+    assert (bars["gn/seed0"].completed, bars["ln/seed0"].completed) == (8, 0)
+    reporter.run_done(a, "finished", False)
+    assert [t.description for t in progress.tasks] == ["ln/seed0"]

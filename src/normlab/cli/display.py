@@ -28,11 +28,14 @@ err_console = Console(stderr=True)
 
 
 class RichReporter(Reporter):
-    """Draws one progress bar per run and prints a line per finished epoch."""
+    """Draws one progress bar per run and prints a line per finished epoch. Runs in this process
+    move their bar step by step; runs in other processes (several at once) move theirs an epoch
+    at a time, as their epochs arrive."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task: int | None = None
+        self.tasks: dict[str, tuple[int, int]] = {}  # run path -> (bar, steps per epoch)
+        self.current: int | None = None  # the bar `step` advances: the run in this process
 
     def run_started(self, run: RunSpec, total_steps: int, done_steps: int) -> None:
         if done_steps:
@@ -40,12 +43,15 @@ class RichReporter(Reporter):
                 f"{run.path:>16}: resuming from its checkpoint "
                 f"({done_steps}/{total_steps} steps already done)"
             )
-        self.task = self.progress.add_task(run.path, total=total_steps, completed=done_steps)
+        self.current = self.progress.add_task(run.path, total=total_steps, completed=done_steps)
+        self.tasks[run.path] = (self.current, total_steps // run.train.epochs)
 
     def step(self) -> None:
-        self.progress.advance(self.task)
+        self.progress.advance(self.current)
 
     def epoch_done(self, run: RunSpec, m: EpochMetrics) -> None:
+        bar, per_epoch = self.tasks[run.path]
+        self.progress.update(bar, completed=m.epoch * per_epoch)
         self.progress.console.print(
             f"{run.path:>16} epoch {m.epoch:>3}  "
             f"train loss {m.train_loss:.4f} acc {m.train_acc:6.2f}%  "
@@ -60,9 +66,8 @@ class RichReporter(Reporter):
             self.progress.console.print(f"[red]{run.path:>16}: diverged (non-finite loss)[/red]")
         else:
             self.progress.console.print(f"{run.path:>16}: {status}")
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+        if run.path in self.tasks:
+            self.progress.remove_task(self.tasks.pop(run.path)[0])
 
     def note(self, text: str) -> None:
         self.progress.console.print(f"[yellow]note: {text}[/yellow]", highlight=False)

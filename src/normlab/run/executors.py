@@ -103,6 +103,9 @@ class PoolExecutor(Executor):
         self.workers = workers
         self.threads = threads or max(1, available_cores() // workers)
 
+    def plan(self, runs: int, device: torch.device) -> int:
+        return self.threads
+
     def execute(
         self,
         jobs: Sequence[Job],
@@ -137,17 +140,30 @@ class PoolExecutor(Executor):
 
 def auto_workers(runs: int, cores: int) -> int:
     """How many single-threaded processes `--workers auto` starts for `runs` runs on `cores`
-    cores. Up to twice as many runs as cores, one process each: the cores share them out, so
-    the last run does not finish alone on one core while the others idle (three runs on two
-    cores end after 1.5 runs' time instead of 2). Beyond that, one per core: a long queue
-    keeps every core busy anyway, and every process holds its own copy of torch and the data."""
-    return runs if runs <= 2 * cores else cores
+    cores: one per run, up to one more than the cores. The extra one is shared out by the
+    cores, so a study of three runs on two cores does not end with one run training alone while
+    a core idles (2 min 18 s, against 3 min 6 s for one process with two threads running them
+    in turn: docs/results/timings/workers-auto.txt); beyond that, one per core, since every
+    process holds its own copy of torch and of the data."""
+    return min(runs, cores + 1)
 
 
 class AutoExecutor(Executor):
-    """`--workers auto`: on a CPU with several cores and several runs, single-threaded local
-    processes (`auto_workers`; a small network keeps one core busier than it keeps two
-    threads); otherwise, as on a GPU, one run after another in this process."""
+    """`--workers auto`: for a study of several runs on a CPU with several cores (those this
+    process may use, and no more than its torch threads, so `OMP_NUM_THREADS=1` means one),
+    single-threaded local processes (`auto_workers`; a small network keeps one core busier than
+    it keeps two threads); otherwise, as on a GPU, one run after another in this process."""
+
+    def __init__(self) -> None:
+        self.pool: PoolExecutor | None = None
+
+    def plan(self, runs: int, device: torch.device) -> int:
+        cores = min(available_cores(), torch.get_num_threads())
+        if device.type != "cpu" or runs < 2 or cores < 2:
+            self.pool = None
+            return torch.get_num_threads()
+        self.pool = PoolExecutor(auto_workers(runs, cores), threads=1)
+        return 1
 
     def execute(
         self,
@@ -157,11 +173,8 @@ class AutoExecutor(Executor):
         reporter: Reporter,
         on_done: OnDone,
     ) -> None:
-        cores = available_cores()
-        if resolve_device(device).type != "cpu" or len(jobs) < 2 or cores < 2:
-            return LocalExecutor().execute(jobs, data, device, reporter, on_done)
-        pool = PoolExecutor(auto_workers(len(jobs), cores), threads=1)
-        return pool.execute(jobs, data, device, reporter, on_done)
+        executor = self.pool or LocalExecutor()
+        return executor.execute(jobs, data, device, reporter, on_done)
 
 
 def _import_ray() -> ModuleType:
@@ -200,6 +213,9 @@ class RayExecutor(Executor):
         if cpus < 1:
             raise NormlabError(f"--cpus-per-run must be a positive integer, got {cpus}")
         self.address, self.cpus = address, cpus
+
+    def plan(self, runs: int, device: torch.device) -> int:
+        return self.cpus
 
     def execute(
         self,

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from normlab.config import RunSpec
 from normlab.core.checkpoint import load_checkpoint
 from normlab.core.records import EpochMetrics, RunResult
@@ -45,6 +47,13 @@ class Executor:
     one: where runs execute elsewhere (Ray), `auto` must be decided by the cluster's hardware
     and `cpu` must stay on CPUs even on a cluster with GPUs.
     """
+
+    def plan(self, runs: int, device: torch.device) -> int:
+        """Settle how the study's `runs` runs (all of them, finished or not) will execute on
+        `device`, before any of them does; returns the CPU threads each run trains on, which
+        study.json records. Decided on the whole study, not on what is left, so a resumed
+        study trains its remaining runs as it trained the others."""
+        return torch.get_num_threads()
 
     def execute(
         self,

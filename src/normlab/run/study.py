@@ -32,15 +32,16 @@ from normlab.run.progress import Reporter
 from normlab.store.results import finished, read_json, summarize, write_json, write_run
 
 
-def environment(device: torch.device, bf16: bool) -> dict:
-    """What the results depend on besides the configuration."""
+def environment(device: torch.device, bf16: bool, threads: int) -> dict:
+    """What the results depend on besides the configuration (`threads`: each run's CPU
+    threads, as the executor plans them)."""
     return {
         "normlab": normlab.__version__,
         "torch": torch.__version__,
         "torchvision": version("torchvision"),
         "python": platform.python_version(),
         "device": str(device),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": threads,
         "bf16": bf16,
         "platform": platform.platform(),
     }
@@ -230,7 +231,8 @@ def run_study(
     runs = config.runs()
     config.check_network(data.input_shape, len(data.train))
     bf16 = use_bf16(device, config.train.precision)
-    record = study_record(config, data, environment(device, bf16))
+    threads = executor.plan(len(runs), device)
+    record = study_record(config, data, environment(device, bf16, threads))
     same_resolution(stored_study(out / "study.json"), record, out)
     write_json(out / "study.json", record)
     jobs = pending_jobs(out, runs, reporter)
