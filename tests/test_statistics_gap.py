@@ -11,13 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from normlab.config import StudyConfig, TrainOptions, parse_variant
 from normlab.core.augment import prepare_batch
-from normlab.core.evaluation import evaluate, recompute_statistics
+from normlab.core.evaluation import (
+    evaluate,
+    frozen_statistics,
+    recompute_statistics,
+    statistics_gap,
+)
 from normlab.core.norms import batch_norms
+from normlab.core.recent_norms import RAMP_STEPS
 from normlab.core.records import EpochMetrics, RunResult, StatisticsGap
-from normlab.core.train import make_context, train_run
+from normlab.core.train import RunContext, make_context, train_run
 from normlab.data import Dataset, Split
 from normlab.report.doc import to_markdown
 from normlab.report.text import statistics_gap_blocks
@@ -76,6 +83,78 @@ def test_precise_bn_reproduces_a_full_pass_with_momentum_none(
             )
 
 
+def trained_context(data: Dataset, norm: str, precise_bn: int) -> RunContext:
+    """A model in evaluation mode as a finished run leaves it, its buffers away from their
+    initial values: two training batches (BRN's ramp moved), then precise BN over two more
+    (EvoNorm-B0's count of averaged groups set)."""
+    opts = TrainOptions(batch_size=32, norm_batch=4, precise_bn=precise_bn)
+    ctx = make_context(parse_variant(norm), 0, data, opts, CPU, total_steps=10)
+    ctx.model.train()
+    with torch.no_grad():
+        ctx.model(prepare_batch(data.train.images[:64], data.mean, data.std))
+    recompute_statistics(ctx, data, 2)
+    ctx.model.eval()
+    return ctx
+
+
+def model_state(model: nn.Module) -> dict[str, object]:
+    """Everything a measurement could leave changed: every buffer (the non-persistent ones,
+    EvoNorm-B0's count, included; BRN's `renorm_steps`), every parameter, every module's
+    training flag and the batch-dependent layers' momentum."""
+    state: dict[str, object] = {f"buffer {n}": b.clone() for n, b in model.named_buffers()}
+    state |= {f"parameter {n}": p.detach().clone() for n, p in model.named_parameters()}
+    state |= {f"training {n or 'model'}": m.training for n, m in model.named_modules()}
+    layers = batch_norms(model)
+    return state | {f"momentum {n}": m.momentum for n, m in model.named_modules() if m in layers}
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn", "evonorm-b0"])
+@pytest.mark.parametrize("precise_bn", [0, 20])
+def test_the_gap_leaves_the_model_as_it_found_it(data: Dataset, norm: str, precise_bn: int) -> None:
+    """After `statistics_gap`, the model is what it was just before the call, compared with a
+    snapshot (not with another run that measured the same way): buffers, parameters, modes."""
+    ctx = trained_context(data, norm, precise_bn)
+    assert int(batch_norms(ctx.model)[0].num_batches_tracked) > 0
+    before = model_state(ctx.model)
+    gap = statistics_gap(ctx, data, 50.0)
+    assert gap is not None and (gap.precise_acc is None) == (precise_bn == 0)
+    after = model_state(ctx.model)
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        same = torch.equal(value, after[key]) if torch.is_tensor(value) else value == after[key]
+        assert same, key
+
+
+def frozen_buffers(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """What no test batch of (b) may move: every buffer but BatchNorm's `num_batches_tracked`,
+    which PyTorch advances on every training pass and reads only with momentum None (the
+    statistics gap puts it back afterwards). EvoNorm-B0's own count is held to it."""
+    skip = "num_batches_tracked" if isinstance(layer, nn.BatchNorm2d) else None
+    return {n: b.clone() for n, b in layer.named_buffers() if n != skip}
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn", "evonorm-b0"])
+def test_batch_statistics_pass_moves_no_running_statistics(data: Dataset, norm: str) -> None:
+    """(b): every test batch in training mode finds and leaves the running statistics, BRN's
+    step count and EvoNorm-B0's count as they were before the pass, so no test batch's
+    statistics reach another (BRN's r and d would be corrected towards them) and (b) does not
+    depend on the order of the test set."""
+    ctx = trained_context(data, norm, precise_bn=0)
+    if norm == "brn":  # within the ramp, where the limits move with the step count
+        for layer in batch_norms(ctx.model):
+            layer.renorm_steps.fill_(RAMP_STEPS // 2)
+    layers = batch_norms(ctx.model)
+    before = [frozen_buffers(layer) for layer in layers]
+    seen: list[tuple[int, dict[str, torch.Tensor]]] = []
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda m, _, __, i=i: seen.append((i, frozen_buffers(m))))
+    statistics_gap(ctx, data, 50.0)
+    assert len(seen) == len(layers) * 4  # every layer, each of the 4 test batches of 32
+    for i, buffers in seen:
+        for name, value in before[i].items():
+            assert torch.equal(buffers[name], value), (i, name)
+
+
 def test_the_gap_is_measured_without_changing_the_run(data: Dataset) -> None:
     """(a) is the final test accuracy; (b) the network in training mode on test batches of the
     training batch size, split into the same ghost batches; measuring (c) leaves the stored
@@ -95,7 +174,8 @@ def test_the_gap_is_measured_without_changing_the_run(data: Dataset) -> None:
     assert without.statistics_gap.batch_acc == gap.batch_acc
     ctx = make_context(bn, 0, data, opts, CPU, total_steps=10)
     ctx.model.load_state_dict(with_precise.state_dict)
-    _, batch_acc, _ = evaluate(ctx.model, data.test, data, 32, False, batch_statistics=True)
+    with frozen_statistics(ctx.model):
+        _, batch_acc, _ = evaluate(ctx.model, data.test, data, 32, False, batch_statistics=True)
     assert batch_acc == gap.batch_acc
     gn = train_run(parse_variant("gn"), 0, data, TrainOptions(epochs=1, batch_size=32), CPU)
     assert gn.statistics_gap is None

@@ -3,14 +3,15 @@
 `evaluate` is the test pass that ends every epoch. The rest concerns the layers whose training
 statistics come from the batch (BatchNorm, Batch Renormalization, EvoNorm-B0: `batch_norms`):
 they train on each batch's statistics and are tested with running averages of them, and the two
-differ. `settle_batch_norm` recomputes the averages after a short epoch, where momentum has not
-yet forgotten their start. `statistics_gap` measures, once at the end of a run, the test
-accuracy (a) with the running statistics, as every test pass has it; (b) with each test batch's
-own statistics, the layers in training mode on test batches of the training batch size (split
-into the same ghost batches); and (c) after precise BN, the running statistics recomputed as the
-average over `--precise-bn` training batches. (b) - (a) is what the running statistics cost,
-(c) - (a) how much of it precise BN wins back. The measurements leave the model as it was: its
-stored weights and statistics, and its test accuracy, stay (a).
+differ. `settle_batch_norm` recomputes the averages after a short epoch, where momentum has not yet
+forgotten their start. `statistics_gap` measures, once at the end of a run, the test accuracy (a)
+with the running statistics, as every test pass has it; (b) with each test batch's own statistics,
+the layers in training mode on test batches of the training batch size (split into the same ghost
+batches) with momentum 0, so that no test batch moves the running statistics that Batch
+Renormalization corrects the next one towards; and (c) after precise BN, the running statistics
+recomputed as the average over `--precise-bn` training batches. (b) - (a) is what the running
+statistics cost, (c) - (a) how much of it precise BN wins back. The measurements leave the model as
+it was: its stored weights and statistics, its layers' modes, and its test accuracy, stay (a).
 """
 
 from __future__ import annotations
@@ -73,15 +74,38 @@ def evaluate(
 
 @contextmanager
 def kept_statistics(model: nn.Module) -> Iterator[None]:
-    """Every buffer of `model` (running statistics, their counts, BRN's step count) put back on
-    exit as it was on entry: a measurement never changes the model a run stores."""
+    """Every buffer of `model` (running statistics, their counts, BRN's step count) and every
+    module's training flag put back on exit as they were on entry: a measurement never changes
+    the model a run stores, nor the mode the rest of the run finds it in (`evaluate` with
+    batch statistics leaves it training)."""
     saved = [b.clone() for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
     try:
         yield
     finally:
         with torch.no_grad():
             for buffer, value in zip(model.buffers(), saved, strict=True):
                 buffer.copy_(value)
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def frozen_statistics(model: nn.Module) -> Iterator[None]:
+    """Momentum 0 on every batch-dependent layer (`batch_norms`) inside, its own outside. In
+    training mode such a layer then normalizes each batch by that batch's statistics and
+    leaves its running statistics as they are, BRN its step count (so its r, d limits) and
+    EvoNorm-B0 its count (which only momentum None moves): in (b) no test batch's statistics
+    reach another, and the accuracy does not depend on the order of the test set."""
+    layers = batch_norms(model)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
 
 
 def recompute_statistics(ctx: RunContext, data: Dataset, count: int) -> int:
@@ -123,7 +147,8 @@ def statistics_gap(ctx: RunContext, data: Dataset, running_acc: float) -> Statis
         return evaluate(*args)[1]
 
     with kept_statistics(ctx.model):
-        batch_acc = test_acc(batch_statistics=True)
+        with frozen_statistics(ctx.model):
+            batch_acc = test_acc(batch_statistics=True)
         precise_acc, averaged = None, 0
         if opts.precise_bn:
             averaged = recompute_statistics(ctx, data, opts.precise_bn)

@@ -54,12 +54,13 @@ class BatchRenorm2d(BatchNorm2d):
     non-i.i.d. batches train the network it will be tested as; evaluation is BatchNorm's.
 
     r_max and d_max follow `R_MAX, D_MAX, RAMP_STEPS`: from (1, 0), i.e. BatchNorm, to (3, 5),
-    counted by the buffer `renorm_steps`, which precise BN's `reset_running_stats` leaves alone
-    (a run settled after every short epoch still reaches the final limits). The running variance
-    is averaged like BatchNorm's (unbiased, momentum 0.1), not the paper's running sigma, so
-    evaluation is exactly BatchNorm's. With `momentum=None` (precise BN's cumulative average of
-    batch statistics) the layer is BatchNorm: corrections towards a half-built average would bias
-    the average being built."""
+    counted by the buffer `renorm_steps`, which precise BN's `reset_running_stats` leaves alone (a
+    run settled after every short epoch still reaches the final limits) and a pass with momentum 0
+    does not move (the statistics gap's test batches, which update nothing). The running variance is
+    averaged like BatchNorm's (unbiased, momentum 0.1), not the paper's running sigma, so evaluation
+    is exactly BatchNorm's. With `momentum=None` (precise BN's cumulative average of batch
+    statistics) the layer is BatchNorm: corrections towards a half-built average would bias the
+    average being built."""
 
     def __init__(self, num_features: int, eps: float) -> None:
         super().__init__(num_features, eps=eps)
@@ -92,7 +93,8 @@ class BatchRenorm2d(BatchNorm2d):
             self.running_mean.copy_(means[-1])
             self.running_var.copy_(variances[-1])
             self.num_batches_tracked.add_(len(var))
-            self.renorm_steps.add_(len(var))
+            if self.momentum > 0:
+                self.renorm_steps.add_(len(var))
         return (as_float(x) * by_image(scale, group) + by_image(shift, group)).to(x.dtype)
 
 
