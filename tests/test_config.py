@@ -171,6 +171,18 @@ def test_a_norm_batch_must_divide_every_batch_size() -> None:
     assert str(info.value) == "norm_batch must divide the batch size: 8 does not divide 12"
 
 
+@pytest.mark.parametrize("split", [None, 97])  # 97: --limit-train here, the loaded split's size
+def test_the_smallest_ghost_group_is_looked_for_at_every_batch_size(split: int | None) -> None:
+    """Batch 32 of 97 images makes groups of 32; batch 128 takes all 97, whose last group of 32
+    is one image, a 1x1 map after four poolings: refused before a run starts, the flag that
+    caused it named. The smallest batch (32) does not have the smallest group."""
+    study = {"variants": "bn", "batch_size": "32,128", "norm_batch": "32", "model": "8 M M M M 8"}
+    limit = {} if split else {"limit_train": 97}
+    with pytest.raises(NormlabError, match=r"at least 2 \(--batch-size, --norm-batch,"):
+        parse_study(study | limit).check_network(None, split)
+    parse_study(study | {"limit_train": 98}).check_network()  # 98 = 3 x 32 + 2: groups of 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -15,6 +15,7 @@ become a `ConfigError` naming the setting the way the user wrote it: `epochs` in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -139,6 +140,24 @@ def default_variants() -> tuple[Variant, ...]:
     return tuple(parse_variant(v) for v in DEFAULT_VARIANTS)
 
 
+def ghost_group(batch: int, k: int | None) -> int:
+    """The fewest images of a `batch` that share a statistic with norm batch `k`: the last
+    group, which holds what k leaves over (`ghost.group_moments`), else a whole group."""
+    return batch if k is None or k >= batch else batch % k or k
+
+
+def smallest_group(
+    batch_sizes: Iterable[int], norm_batches: Iterable[int | None], train_images: int | None
+) -> int:
+    """The fewest images any training statistic spans: at every batch size (all of a split
+    smaller than it, `data.batches`) and norm batch, that batch's smallest ghost group. Per
+    batch size, because the smallest batch need not leave the smallest remainder: of 97
+    images, batch 32 makes groups of 32 and batch 128 (all 97) a last group of one."""
+    ks = tuple(norm_batches)
+    batches = [bs if train_images is None else min(bs, train_images) for bs in batch_sizes]
+    return min(ghost_group(batch, k) for batch in batches for k in ks)
+
+
 @dataclass(frozen=True, config=STRICT)
 class StudyConfig(Validated):
     """A whole study: which data, which variants, how many seeds, the grid of batch sizes,
@@ -252,9 +271,7 @@ class StudyConfig(Validated):
         image folder's shape and the training split's size are known only then)."""
         shape = input_shape or INPUT_SHAPES.get(self.dataset)
         limits = [n for n in (self.limit_train, train_size) if n is not None]
-        batch = min([*self.batch_sizes, *limits])
-        # the fewest images a batch statistic spans: a ghost batch, or the rest of a small split
-        group = min(batch if k is None or k >= batch else batch % k or k for k in self.norm_batches)
+        group = smallest_group(self.batch_sizes, self.norm_batches, min(limits, default=None))
         norms = (v.norm for v in self.variants)
         check_network(self.train.model, shape, norms, self.train.groups, group)
 

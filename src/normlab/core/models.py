@@ -205,8 +205,9 @@ def check_network(
     """Build the network for each norm and push one dummy image of `input_shape` through it,
     so a spec that does not fit the images (pooled below 1x1, a group count that does not
     divide a width) fails before the data loads or the first run starts, not mid-study.
-    `batch` is the smallest training batch: BatchNorm refuses to train on one value per
-    channel, i.e. a batch of one image reaching a 1x1 map.
+    `batch` is the fewest images a training statistic spans (a batch, or the smallest ghost
+    batch: `config.smallest_group`): BatchNorm refuses to train on one value per channel, i.e.
+    one image reaching a 1x1 map.
 
     `input_shape` is None for an image folder that has not been loaded yet: nothing to check
     then (the study checks again with the loaded shape). The global random state is left as
@@ -230,6 +231,7 @@ def check_network(
             if single and batch < 2:
                 raise NormlabError(
                     f"{single[0].kind} layer {single[0].name} of {arch!r} would normalize one "
-                    "value per channel (a batch of one image at 1x1); train on batches of at least "
-                    "2 (--batch-size, --limit-train) or use a --model with larger maps"
+                    "value per channel (a batch or ghost batch of one image at 1x1); train on "
+                    "batches and ghost batches of at least 2 (--batch-size, --norm-batch, "
+                    "--limit-train) or use a --model with larger maps"
                 )
