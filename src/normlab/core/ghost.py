@@ -108,6 +108,15 @@ def channel(v: torch.Tensor) -> torch.Tensor:
     return v[None, :, None, None]
 
 
+def affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """The per-channel affine gamma * y + beta of the from-scratch references (either may be
+    None). Here, beside `channel`, because `norms` and `recent_norms` both hold references and
+    `norms` imports `recent_norms`, so neither can hold it for the other."""
+    if weight is not None:
+        y = y * channel(weight)
+    return y if bias is None else y + channel(bias)
+
+
 def by_image(stat: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """A per-group, per-channel value (G, C) for each image, shaped to broadcast over x."""
     return stat[group][:, :, None, None]

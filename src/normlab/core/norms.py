@@ -29,7 +29,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from normlab.core.ghost import BatchNorm2d, GhostBatch, GhostBatchVariance
+from normlab.core.ghost import BatchNorm2d, GhostBatch, GhostBatchVariance, affine
 from normlab.core.recent_norms import BatchRenorm2d, RmsNormCHW
 from normlab.errors import NormlabError
 
@@ -153,16 +153,6 @@ def make_activation(norm: str) -> nn.Module:
 # tests can hold PyTorch's layers to them and `normlab explain` can show the numbers.
 
 
-def _affine(
-    y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
-) -> torch.Tensor:
-    if weight is not None:
-        y = y * weight.view(1, -1, 1, 1)
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
-    return y
-
-
 def group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over (C/groups, H, W) of each sample: shape (N, groups)."""
     n = x.shape[0]
@@ -182,7 +172,7 @@ def ref_group_norm(
     mean, var = group_stats(x, groups)
     flat = x.reshape(n, groups, -1)
     y = (flat - mean[..., None]) / torch.sqrt(var[..., None] + eps)
-    return _affine(y.reshape(x.shape), weight, bias)
+    return affine(y.reshape(x.shape), weight, bias)
 
 
 def ref_batch_norm(
@@ -211,7 +201,7 @@ def ref_batch_norm(
     else:
         mean, var = running_mean, running_var
     y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + eps)
-    return _affine(y, weight, bias)
+    return affine(y, weight, bias)
 
 
 def batch_norms(model: nn.Module) -> list[nn.Module]:

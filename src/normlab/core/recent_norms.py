@@ -31,6 +31,7 @@ from torch import nn
 
 from normlab.core.ghost import (
     BatchNorm2d,
+    affine,
     as_float,
     by_image,
     channel,
@@ -123,14 +124,6 @@ class RmsNormCHW(nn.Module):
 # `normlab explain`. `weight`, `bias` are the per-channel affine (gamma, beta).
 
 
-def _affine(
-    y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
-) -> torch.Tensor:
-    if weight is not None:
-        y = y * channel(weight)
-    return y if bias is None else y + channel(bias)
-
-
 def ref_weight_standardize(weight: torch.Tensor, *, eps: float) -> torch.Tensor:
     """A convolution weight (C_out, C_in, kH, kW) with each output filter standardized over
     (C_in, kH, kW): its own mean and biased variance, the convolution's version of LayerNorm."""
@@ -150,7 +143,7 @@ def ref_filter_response_norm(
     """FRN + TLU: nu^2 = mean of x^2 over (H, W) of each sample and channel (no mean taken
     out), y = gamma * x / sqrt(nu^2 + eps) + beta, then max(y, tau); tau None skips the TLU."""
     nu2 = (x * x).mean(dim=(2, 3), keepdim=True)
-    y = _affine(x / torch.sqrt(nu2 + eps), weight, bias)
+    y = affine(x / torch.sqrt(nu2 + eps), weight, bias)
     return y if tau is None else torch.maximum(y, channel(tau))
 
 
@@ -181,7 +174,7 @@ def ref_evonorm_b0(
     denominator = torch.maximum(
         torch.sqrt(channel(batch_var) + eps), channel(slope) * x + instance_std
     )
-    return _affine(x / denominator, weight, bias)
+    return affine(x / denominator, weight, bias)
 
 
 def ref_evonorm_s0(
@@ -201,7 +194,7 @@ def ref_evonorm_s0(
     var = grouped.var(dim=2, unbiased=False, keepdim=True)
     std = torch.sqrt(var + eps).expand_as(grouped).reshape(x.shape)
     slope = channel(torch.ones(c, dtype=x.dtype) if v is None else v)
-    return _affine(x * torch.sigmoid(slope * x) / std, weight, bias)
+    return affine(x * torch.sigmoid(slope * x) / std, weight, bias)
 
 
 def ref_batch_renorm(
@@ -223,7 +216,7 @@ def ref_batch_renorm(
     BatchNorm's), y = (x - mu_B) / sigma_B * r + d. Evaluation is BatchNorm's."""
     if not training:
         y = (x - channel(running_mean)) / torch.sqrt(channel(running_var) + eps)
-        return _affine(y, weight, bias)
+        return affine(y, weight, bias)
     mean = x.mean(dim=(0, 2, 3))
     var = x.var(dim=(0, 2, 3), unbiased=False)
     sigma_b, sigma = torch.sqrt(var + eps), torch.sqrt(running_var + eps)
@@ -234,7 +227,7 @@ def ref_batch_renorm(
         running_mean.mul_(1 - momentum).add_(momentum * mean)
         running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
     y = (x - channel(mean)) / channel(sigma_b) * channel(r) + channel(d)
-    return _affine(y, weight, bias)
+    return affine(y, weight, bias)
 
 
 def ref_layer_norm_2d(
@@ -247,7 +240,7 @@ def ref_layer_norm_2d(
     """ConvNeXt's LayerNorm: mean and biased variance over C only, one pair per (sample, h, w)."""
     mean = x.mean(dim=1, keepdim=True)
     var = x.var(dim=1, unbiased=False, keepdim=True)
-    return _affine((x - mean) / torch.sqrt(var + eps), weight, bias)
+    return affine((x - mean) / torch.sqrt(var + eps), weight, bias)
 
 
 def ref_rms_norm(
@@ -259,4 +252,4 @@ def ref_rms_norm(
 ) -> torch.Tensor:
     """RMSNorm over (C, H, W): x / sqrt(mean of x^2 over the sample + eps); no mean subtracted."""
     mean_square = (x * x).mean(dim=(1, 2, 3), keepdim=True)
-    return _affine(x / torch.sqrt(mean_square + eps), weight, bias)
+    return affine(x / torch.sqrt(mean_square + eps), weight, bias)
