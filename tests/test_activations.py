@@ -22,9 +22,9 @@ from normlab.core.models import Net
 from normlab.core.records import STAT_NAMES, ActivationStats, EpochMetrics, RunResult
 from normlab.core.train import train_run
 from normlab.data import Dataset
-from normlab.report.activations import activation_blocks
+from normlab.report.activations import VariantActivations, activation_blocks, describe
 from normlab.report.report import write_report
-from normlab.store.reader import read_study
+from normlab.store.reader import StoredVariant, read_study
 from normlab.store.results import read_activations, summarize, write_json, write_run
 from tests.conftest import assert_one_line_error, main_in_process
 
@@ -230,3 +230,26 @@ def test_the_report_draws_them_where_stored_and_skips_them_where_not(tmp_path: P
     assert "the layers range from 1 to 3 times" in md
     write_study(tmp_path / "without", dict.fromkeys(stats))
     assert activation_blocks(read_study(tmp_path / "without"), tmp_path / "figures") == []
+
+
+def variant_with_stds(first: list[float], last: list[float]) -> VariantActivations:
+    """One seed of two measured steps whose input std goes from `first` to `last` per layer
+    (the gradient std from 1 to 2 in every layer)."""
+    layers = len(first)
+    variant = StoredVariant("bn", "bn", 100, [0], {}, ["finished"], [None])
+    values = {name: np.ones((1, 2, layers)) for name in STAT_NAMES}
+    values["act_std"] = np.array([[first, last]])
+    values["grad_std"][0, 1] = 2.0
+    labels = [f"block {i + 1}" for i in range(layers)]
+    return VariantActivations(variant, labels, np.array([0.0, 1.0]), values, seeds=1)
+
+
+def test_the_sentence_says_grows_or_shrinks_as_the_stds_do() -> None:
+    """ "grows most" only where a layer's std grew; where every layer's shrank the sentence says
+    so and names the layer that shrank most."""
+    grown = describe(variant_with_stds([1.0, 2.0, 4.0], [0.5, 5.0, 6.0]))
+    assert "pre-norm std grows most in block 2 (2.5 times its first value" in grown
+    shrunk = describe(variant_with_stds([1.0, 2.0, 4.0], [0.5, 0.2, 3.0]))
+    assert "grows" not in shrunk
+    assert "pre-norm std shrinks in every layer, most in block 2 (0.1 times its first" in shrunk
+    assert "the layers range from 0.1 to 0.75 times" in shrunk

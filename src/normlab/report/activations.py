@@ -123,15 +123,20 @@ def plot_activations(study: StoredStudy, stats: VariantActivations, path: Path) 
 
 
 def describe(stats: VariantActivations) -> str:
-    """One sentence on a variant: which layer's pre-norm std grows most, and how much the
+    """One sentence on a variant: which layer's pre-norm std grows most (or, where none grew,
+    that they all shrank and which shrank most: the word follows the data), and how much the
     gradient std at the norm inputs changes, from the first measured step to the last."""
     act, grad = stats.change("act_std"), stats.change("grad_std")
     if np.isnan(act).all():
         return f"{stats.variant.label}: no step with finite statistics in every layer."
-    top, low = int(np.nanargmax(act)), int(np.nanargmin(grad))
+    if np.nanmax(act) > 1:
+        top, change = int(np.nanargmax(act)), "grows most in"
+    else:
+        top, change = int(np.nanargmin(act)), "shrinks in every layer, most in"
+    low = int(np.nanargmin(grad))
     span = f"from epoch {stats.epoch[0]:.2f} to {stats.epoch[-1]:.2f}"
     return (
-        f"{stats.variant.label}: the pre-norm std grows most in {stats.layers[top]} "
+        f"{stats.variant.label}: the pre-norm std {change} {stats.layers[top]} "
         f"({act[top]:.3g} times its first value {span}; the layers range from "
         f"{np.nanmin(act):.3g} to {np.nanmax(act):.3g} times); the gradient std at the norm "
         f"inputs ends at {np.nanmin(grad):.3g} ({stats.layers[low]}) to {np.nanmax(grad):.3g} "
