@@ -33,10 +33,13 @@ CPU = torch.device("cpu")
 
 def test_the_measured_steps() -> None:
     """The last step of each quarter epoch, the epoch's last among them; the run's first step
-    only where asked (the first epoch); short epochs measure what they have."""
+    only where asked (the first epoch); an epoch of 4 steps or fewer measures every step."""
     assert probe_steps(15, first=True) == [0, 3, 7, 11, 14]
     assert probe_steps(15, first=False) == [3, 7, 11, 14]
     assert probe_steps(469, first=False) == [117, 234, 351, 468]
+    assert probe_steps(5, first=False) == [1, 2, 3, 4]
+    assert probe_steps(4, first=False) == [0, 1, 2, 3]
+    assert probe_steps(3, first=False) == probe_steps(3, first=True) == [0, 1, 2]
     assert probe_steps(2, first=False) == [0, 1]
     assert probe_steps(1, first=True) == [0]
 

@@ -16,7 +16,8 @@ network without norm passes the gradient back unscaled. The loss is the batch me
 gradient carries a factor 1/batch size.
 
 Ordinary steps pay nothing: hooks are registered only around the measured steps (the last of
-each quarter of an epoch, and the run's first step: `probe_steps`); they compute the statistics
+each quarter of an epoch, every step of an epoch of fewer than four, and the run's first step:
+`probe_steps`); they compute the statistics
 on the device into a tensor allocated once per epoch, which the host reads once, after the
 epoch, when the loop syncs for its loss anyway. A measured step costs two passes over every
 norm input and its gradient: a few percent of a short epoch's training on a CPU
@@ -36,7 +37,7 @@ from torch import nn
 from normlab.core.models import MaxPool2d
 from normlab.core.records import STAT_NAMES, ActivationStats
 
-POINTS_PER_EPOCH = 4  # measured steps per epoch: the last of each quarter (`probe_steps`)
+POINTS_PER_EPOCH = 4  # the last step of each quarter epoch is measured (`probe_steps`)
 
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -58,9 +59,11 @@ def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def probe_steps(steps: int, first: bool, points: int = POINTS_PER_EPOCH) -> list[int]:
     """The steps measured in an epoch of `steps` steps: the last of each of `points` equal
-    parts (fewer in a shorter epoch), so the epoch's last step is one, and with `first` its
-    first step too, which sees the initial weights. Only the run's first epoch takes that: in
-    any other, step 0 would repeat the previous epoch's last step, one update later."""
+    parts, so the epoch's last step is one, and with `first` its first step too, which sees
+    the initial weights. Only the run's first epoch takes that: in any other, step 0 would
+    repeat the previous epoch's last step, one update later. An epoch of `points` steps or
+    fewer has parts no longer than a step, so every one of its steps is measured: fewer than
+    `points` measurements, step 0 among them whatever `first` says."""
     ends = {-(-(i + 1) * steps // points) - 1 for i in range(points)}  # ceil((i + 1) n / p) - 1
     return sorted(ends | ({0} if first else set()))
 
