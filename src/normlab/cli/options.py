@@ -101,8 +101,9 @@ STUDY_OPTIONS: dict[str, Any] = {
     "compile": option(bool, "torch.compile the model (pays on a GPU).", "off"),
     "activation_stats": option(
         bool,
-        "Record the mean and std of every norm layer's input and of its gradient at 4 steps an "
-        "epoch (activations.npz; the report draws them); not with --compile.",
+        "Record the mean and std of every norm layer's input and of its gradient at the run's "
+        "first step and the last step of each quarter epoch (every step of an epoch of 4 steps "
+        "or fewer), into activations.npz, which the report draws; not with --compile.",
         "off",
     ),
 }
