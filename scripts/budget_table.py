@@ -19,9 +19,10 @@ from normlab.store.results import read_json, read_metrics
 
 def rows(study: Path, bar: float) -> list[list[str]]:
     """One table row per finished run of the study folder `study`."""
-    config = read_json(study / "study.json")["config"]
+    record = read_json(study / "study.json")
+    network = record["data"].get("network")  # recorded since the network could change
     out = []
-    for path in read_json(study / "study.json")["runs"]:
+    for path in record["runs"]:
         run_folder = study / path
         if not (run_folder / "run.json").exists():
             continue
@@ -30,7 +31,7 @@ def rows(study: Path, bar: float) -> list[list[str]]:
         last = [m["test_acc"] for m in read_metrics(run_folder)[-3:]]
         out.append(
             [
-                f"`{train['model'] if train['model'] != 'auto' else config['dataset']}`",
+                f"`{network or train['model']}`",
                 f"{run['params']:,}",
                 path.rsplit("/", 1)[0],
                 str(train["batch_size"]),

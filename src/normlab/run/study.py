@@ -162,15 +162,23 @@ def study_record(config: StudyConfig, data: Dataset, env: dict) -> dict:
     }
 
 
+# What `--model auto` resolved to for the built-in sizes when study.json began to record the
+# network, frozen here: a folder written before the record trained on these, whatever a later
+# version's default becomes.
+AUTO_BEFORE_RECORDED = {(28, 28): "16 M 16v 24v M 24 32", (32, 32): "32s 32 M 48 48 48t"}
+
+
 def stored_network(previous: dict) -> str | None:
     """The network a stored study trained: recorded in study.json, or for a folder from before
-    the record, its `--model` resolved for its input shape (None where the folder says
-    neither). `auto` has resolved the same way for every shape since the first study."""
+    the record, its `--model` as it resolved then (None where the folder says neither)."""
     data = previous.get("data") or {}
     if "network" in data or "input_shape" not in data:
         return data.get("network")
+    shape = tuple(data["input_shape"])
     model = previous["config"].get("train", {}).get("model", "auto")
-    return choose_arch(tuple(data["input_shape"]), model)
+    if model == "auto" and shape[1:] in AUTO_BEFORE_RECORDED:
+        return AUTO_BEFORE_RECORDED[shape[1:]]
+    return choose_arch(shape, model)
 
 
 def same_resolution(previous: dict | None, record: dict, out: Path) -> None:
