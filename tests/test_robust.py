@@ -398,7 +398,9 @@ def test_disk_full_mid_study_loses_nothing(
     files, the second run's first checkpoint and summary.json stay whole, no temporary file is
     left, and once there is space again the same command finishes the study."""
     out = tmp_path / "study"
+    # --workers 1: the failing disk is a patch on this process, which pool workers do not share.
     args = ["run", "--data-dir", mnist_dir, "--variants", "bn,ln", "--epochs", "2", *SMALL]
+    args += ["--workers", "1"]
     second_checkpoint = out / "ln" / "seed0" / "checkpoint.pt"
 
     def fails(path: Path) -> bool:
