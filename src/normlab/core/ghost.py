@@ -60,19 +60,21 @@ def group_moments(
     (B,), and how many values each group's statistics average (G, 1), for the unbiased variance.
 
     Refuses a group of one value per channel, as BatchNorm2d refuses such a batch."""
-    n, full = x.shape[0], x.shape[0] - x.shape[0] % k
+    n, full, pixels = x.shape[0], x.shape[0] - x.shape[0] % k, x[0, 0].numel()
+    smallest = n - full if full < n else k  # callers pass k <= n, so full >= k
+    if smallest * pixels < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {x.shape}")
     xf = as_float(x)
     var, mean = torch.var_mean(xf[:full].unflatten(0, (-1, k)), dim=(1, 3, 4), unbiased=False)
-    sizes = [k] * (full // k)
     if full < n:  # the short last group
         last_var, last_mean = torch.var_mean(xf[full:], dim=(0, 2, 3), unbiased=False)
         var, mean = torch.cat([var, last_var[None]]), torch.cat([mean, last_mean[None]])
-        sizes.append(n - full)
-    values = [size * x[0, 0].numel() for size in sizes]
-    if min(values) < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {x.shape}")
+    # Filled on the device (a tensor from a Python list would be a host copy every step).
+    values = torch.full((len(var), 1), k * pixels, device=x.device, dtype=var.dtype)
+    if full < n:
+        values[-1] = (n - full) * pixels
     group = torch.arange(n, device=x.device) // k
-    return var, mean, group, torch.tensor(values, device=x.device, dtype=var.dtype)[:, None]
+    return var, mean, group, values
 
 
 def running_sequence(start: torch.Tensor, stats: torch.Tensor, momentum: float) -> torch.Tensor:
