@@ -398,16 +398,23 @@ def test_sweep_figures_keep_every_batch_size_and_lr_apart(
     written = write_sweep_report(tmp_path)
     assert [p.name for p in written] == ["results.md", "batch_size.png", "heatmap.png"]
 
-    # A line per (variant, lr), each through both batch sizes in order: 4 variants x 2 lrs.
-    (ax,) = figures["batch_size.png"].axes
-    lines = ax.get_lines()
-    assert len(lines) == 8
-    assert all(list(line.get_xdata()) == [16, 64] for line in lines)
-    labels = {line.get_label() for line in lines}
-    assert len(labels) == 8 and any(label.endswith("lr0.2") for label in labels)
-    # The error axis starts at 0 and ends just above the highest error, not at 100.
+    # A panel per lr, a line per variant in each, through both batch sizes in order, with that
+    # panel's errors; a variant keeps its colour from panel to panel.
+    panels = figures["batch_size.png"].axes
+    assert [a.get_title() for a in panels] == ["lr0.1", "lr0.2"]
+    colours = []
+    for ax, lr in zip(panels, (0.1, 0.2), strict=True):
+        lines = ax.get_lines()
+        assert len(lines) == 4 and len({line.get_label() for line in lines}) == 4
+        assert all(list(line.get_xdata()) == [16, 64] for line in lines)
+        want = sorted(100 - g["final_test_acc"] for g in summary["variants"] if g["lr"] == lr)
+        assert sorted(y for line in lines for y in line.get_ydata()) == pytest.approx(want)
+        colours.append({line.get_label(): line.get_color() for line in lines})
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 4
+    # The shared error axis starts at 0 and ends just above the highest error, not at 100.
     highest = max(100 - g["final_test_acc"] for g in summary["variants"])
-    assert ax.get_ylim()[0] == 0 and highest < ax.get_ylim()[1] <= 1.1 * highest + 1e-9
+    for ax in panels:
+        assert ax.get_ylim()[0] == 0 and highest < ax.get_ylim()[1] <= 1.1 * highest + 1e-9
 
     # A heatmap panel per (norm, batch size, lr), each with all four cells and its own values.
     panels = [a for a in figures["heatmap.png"].axes if a.get_images()]

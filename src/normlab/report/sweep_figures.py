@@ -1,9 +1,9 @@
 """A sweep's table and figures, drawn from summary.json alone (no model in memory).
 
     results.md      one row per group of seeds: mean test error, std and 95% interval
-    batch_size.png  test error against batch size (log axis), a line per variant and learning
-                    rate, a band for the 95% interval over seeds and a dot per seed (when the
-                    batch size varies)
+    batch_size.png  test error against batch size (log axis), a panel per learning rate and a
+                    line per variant, a band for the 95% interval over seeds and a dot per seed
+                    (when the batch size varies)
     heatmap.png     mean test error over l1 x l2, a panel per norm, batch size and learning
                     rate (when l1 or l2 varies)
     norm_batch.png  test error against the norm batch K, with its table and findings in
@@ -39,6 +39,7 @@ from normlab.store.results import read_json
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.image import AxesImage
+    from matplotlib.lines import Line2D
 
 
 def _diverged(group: dict) -> str:
@@ -76,43 +77,60 @@ def results_table(summary: dict) -> str:
 
 
 def batch_size_figure(summary: dict, path: Path) -> Path:
-    """Test error vs batch size, a line per variant and learning rate: mean, 95% band over
-    seeds, seed dots."""
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), layout="constrained")
-    by_line: dict[str, list[dict]] = {}
+    """Test error vs batch size: a panel per learning rate (and any other setting the group
+    names keep), a line per variant in the same colour in every panel, each with its mean, 95%
+    band over seeds and seed dots. One panel holding every (variant, lr) line ran out of
+    colours and hid the lines under its legend; small multiples on a shared error axis keep
+    the norms comparable within a panel and the learning rates across them."""
+    panels: dict[str, dict[str, list[dict]]] = {}
     for g in summary["variants"]:
         if "final_test_acc" in g:
-            by_line.setdefault(line_name(g, "bs"), []).append(g)
-    sizes = sorted({g["batch_size"] for g in summary["variants"]})
-    for name, groups in by_line.items():
-        groups.sort(key=lambda g: g["batch_size"])
-        xs = [g["batch_size"] for g in groups]
-        label = line_label(groups[0], name)
-        (line,) = ax.plot(xs, [error(g["final_test_acc"]) for g in groups], "o-", label=label)
-        banded = [g for g in groups if "final_test_acc_ci95" in g]
-        if banded:
-            error_band(
-                ax,
-                [g["batch_size"] for g in banded],
-                [error(g["final_test_acc_ci95"][1]) for g in banded],
-                [error(g["final_test_acc_ci95"][0]) for g in banded],
-                line.get_color(),
-            )
-        for g in groups:
-            seeds = [error(s["final_test_acc"]) for s in g["seeds"] if "final_test_acc" in s]
-            ax.scatter(
-                [g["batch_size"]] * len(seeds), seeds, s=9, color=line.get_color(), alpha=0.5
-            )
-    error_axis(ax)
-    log2_axis(ax, sizes)
-    ax.set_xlabel("batch size (images per step)")
-    ax.set_ylabel("test error % (final epoch)")
-    ax.set_title(
+            variant, _, rest = line_name(g, "bs").partition("/")
+            panels.setdefault(rest, {}).setdefault(variant, []).append(g)
+    variants = list(dict.fromkeys(v for lines in panels.values() for v in lines))
+    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    fig, axs = pyplot().subplots(
+        1, len(panels), figsize=(max(6.4, 3.4 * len(panels) + 2.0), 4.2), sharey=True,
+        squeeze=False, layout="constrained",
+    )  # fmt: skip
+    handles = {}
+    for ax, (rest, lines) in zip(axs[0], panels.items(), strict=True):
+        for variant, groups in lines.items():
+            handles[variant] = _batch_size_line(ax, groups, colors[variant], variant)
+        log2_axis(ax, sorted({g["batch_size"] for gs in lines.values() for g in gs}))
+        ax.set_xlabel("batch size (images per step)")
+        ax.set_title(rest.replace("-", ", "), fontsize=10)
+        ax.grid(alpha=0.3)
+    error_axis(max(axs[0], key=lambda a: a.dataLim.y1))  # the axis is shared: the highest
+    axs[0][0].set_ylabel("test error % (final epoch)")
+    fig.suptitle(
         "Test error vs batch size\nline: mean over seeds; band: 95% interval; dots: each seed"
     )
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9)
     return save_figure(fig, path)[0]
+
+
+def _batch_size_line(ax: Axes, groups: list[dict], color: str, variant: str) -> Line2D:
+    """One variant's line in a batch-size panel: mean error, 95% band, a dot per seed."""
+    groups.sort(key=lambda g: g["batch_size"])
+    xs = [g["batch_size"] for g in groups]
+    label = line_label(groups[0], variant)
+    (line,) = ax.plot(
+        xs, [error(g["final_test_acc"]) for g in groups], "o-", color=color, label=label
+    )
+    banded = [g for g in groups if "final_test_acc_ci95" in g]
+    if banded:
+        error_band(
+            ax,
+            [g["batch_size"] for g in banded],
+            [error(g["final_test_acc_ci95"][1]) for g in banded],
+            [error(g["final_test_acc_ci95"][0]) for g in banded],
+            color,
+        )
+    for g in groups:
+        seeds = [error(s["final_test_acc"]) for s in g["seeds"] if "final_test_acc" in s]
+        ax.scatter([g["batch_size"]] * len(seeds), seeds, s=9, color=color, alpha=0.5)
+    return line
 
 
 MAX_PANELS = 24  # beyond this a heatmap's cells are too small to read their numbers
