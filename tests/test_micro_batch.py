@@ -91,7 +91,7 @@ def sweep_folder(out: Path, groups: list[dict]) -> Path:
 
 
 def micro_batch_groups() -> list[dict]:
-    """BN worse at small K, BRN less so; GN, LN and WS+GN once each."""
+    """BN worse at small K, BRN less so; GN and LN once each."""
     groups = [group("bn", k, [20 + 12 / k + d for d in (-0.3, 0.0, 0.4)]) for k in KS]
     groups += [group("brn", k, [21 + 6 / k + d for d in (-0.2, 0.1, 0.2)]) for k in KS]
     return groups + [group(n, None, [e - 0.2, e, e + 0.3]) for n, e in [("gn", 23), ("ln", 25)]]

@@ -20,8 +20,8 @@ import numpy as np
 
 from normlab.core.records import STAT_NAMES
 from normlab.report.doc import Block, Heading, Image, Para
-from normlab.report.plotting import COLORS, log_scale, pyplot, save_figure
-from normlab.store.reader import StoredStudy, StoredVariant
+from normlab.report.plotting import COLORS, log_scale, pyplot, save_figure, seed_band
+from normlab.store.reader import StoredStudy, StoredVariant, seed_mean
 from normlab.store.results import read_activations, run_dir
 
 if TYPE_CHECKING:
@@ -48,23 +48,25 @@ class VariantActivations:
 
     def mean(self, name: str) -> np.ndarray:
         """steps x layers: the mean over the seeds that reached each step."""
-        v = self.values[name]
-        counts = np.sum(~np.isnan(v), axis=0)
-        return np.where(counts > 0, np.nansum(v, axis=0) / np.maximum(counts, 1), np.nan)
+        return seed_mean(self.values[name])
+
+    def ends(self, name: str) -> tuple[int, int] | None:
+        """The first and last measured steps at which the seed mean is finite in every layer:
+        what `change` compares (None where there is none)."""
+        rows = np.flatnonzero(np.isfinite(self.mean(name)).all(axis=1))
+        return (int(rows[0]), int(rows[-1])) if rows.size else None
 
     def change(self, name: str) -> np.ndarray:
-        """Per layer: the seed mean's last finite value over its first (x times)."""
-        m = self.mean(name)
-        ok = np.isfinite(m).all(axis=1)
-        rows = np.flatnonzero(ok)
-        return m[rows[-1]] / m[rows[0]] if rows.size else np.full(m.shape[1], np.nan)
+        """Per layer: the seed mean's value at the last of `ends` over that at the first (x
+        times); nan where no step is finite in every layer."""
+        m, ends = self.mean(name), self.ends(name)
+        return np.full(m.shape[1], np.nan) if ends is None else m[ends[1]] / m[ends[0]]
 
 
 def variant_activations(study: StoredStudy, v: StoredVariant) -> VariantActivations | None:
     """The finished seeds' stored statistics (all seeds' where none finished), or None when
     none of them has an activations.npz."""
-    keep = v if v.diverged else v.finished()
-    stored = [read_activations(run_dir(study.out, v.name, s)) for s in keep.seeds]
+    stored = [read_activations(run_dir(study.out, v.name, s)) for s in v.drawn().seeds]
     stored = [a for a in stored if a is not None]
     if not stored:
         return None
@@ -85,9 +87,7 @@ def draw_panel(ax: Axes, stats: VariantActivations, name: str) -> None:
     values, mean = stats.values[name], stats.mean(name)
     for layer, label in enumerate(stats.layers):
         color = COLORS[layer % len(COLORS)]
-        if stats.seeds > 1:
-            lo, hi = np.nanmin(values[:, :, layer], 0), np.nanmax(values[:, :, layer], 0)
-            ax.fill_between(stats.epoch, lo, hi, color=color, alpha=0.18, lw=0)
+        seed_band(ax, stats.epoch, values[:, :, layer], color)
         ax.plot(stats.epoch, mean[:, layer], color=color, lw=1.6, marker="o", ms=2.5, label=label)
     if log:
         log_scale(ax)
@@ -134,7 +134,8 @@ def describe(stats: VariantActivations) -> str:
     else:
         top, change = int(np.nanargmin(act)), "shrinks in every layer, most in"
     low = int(np.nanargmin(grad))
-    span = f"from epoch {stats.epoch[0]:.2f} to {stats.epoch[-1]:.2f}"
+    first, last = stats.ends("act_std")  # not None: act has a finite value
+    span = f"from epoch {stats.epoch[first]:.2f} to {stats.epoch[last]:.2f}"
     return (
         f"{stats.variant.label}: the pre-norm std {change} {stats.layers[top]} "
         f"({act[top]:.3g} times its first value {span}; the layers range from "
@@ -150,8 +151,7 @@ def compare(found: list[VariantActivations]) -> str:
     ends = []
     for stats in found:
         last = stats.mean("act_std")[-1]
-        if np.isfinite(last).any():
-            ends += [(float(last[i]), stats, i) for i in np.flatnonzero(np.isfinite(last))]
+        ends += [(float(last[i]), stats, i) for i in np.flatnonzero(np.isfinite(last))]
     if len({id(stats) for _, stats, _ in ends}) < 2:
         return ""
     (hi, a, i), (lo, b, j) = max(ends, key=lambda e: e[0]), min(ends, key=lambda e: e[0])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from normlab.report.plotting import COLORS, log_scale, pyplot, save_figure
+from normlab.report.plotting import COLORS, log_scale, pyplot, save_figure, seed_band
 from normlab.store.reader import StoredStudy, StoredVariant
 
 if TYPE_CHECKING:
@@ -67,16 +67,11 @@ def legend_label(v: StoredVariant, gone: str, column: str, mean: np.ndarray) -> 
 def draw_variant(ax: Axes, stored: StoredVariant, column: str, color: str) -> np.ndarray:
     """One variant's mean curve (with a min-max band over seeds) and its best epoch's star;
     returns the mean curve."""
-    # Diverged seeds are drawn only for a variant that has nothing else, so that the curve,
-    # its best epoch and the report's table are computed from the same seeds.
-    v = stored if stored.diverged else stored.finished()
+    v = stored.drawn()
     values = v.metrics[column]
     epochs = np.arange(1, values.shape[1] + 1)
     mean = v.mean(column)
-    if values.shape[0] > 1:
-        ax.fill_between(
-            epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.18, lw=0
-        )
+    seed_band(ax, epochs, values, color)
     if np.isnan(mean).all():
         return mean
     label, best = legend_label(v, stored.divergence(), column, mean)

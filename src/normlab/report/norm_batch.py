@@ -28,6 +28,7 @@ from normlab.report.sweep_lines import (
     error,
     error_axis,
     error_band,
+    error_line,
     line_label,
     line_name,
     log2_axis,
@@ -232,14 +233,12 @@ def norm_batch_table(lines: list[Line]) -> Table:
 
 def curve(ax: Axes, line: Line) -> None:
     """A batch-dependent norm: mean along K, its band, a dot per seed, the ends annotated."""
-    ks, means = [p.k for p in line.points], [p.mean for p in line.points]
-    (drawn,) = ax.plot(ks, means, "o-", label=line.label)
+    points = line.points
+    drawn = error_line(
+        ax, [p.k for p in points], [p.mean for p in points], [(p.lo, p.hi) for p in points],
+        [p.errors for p in points], label=line.label,
+    )  # fmt: skip
     color = drawn.get_color()
-    banded = [p for p in line.points if not math.isnan(p.lo)]
-    if banded:
-        error_band(ax, [p.k for p in banded], [p.lo for p in banded], [p.hi for p in banded], color)
-    for p in line.points:
-        ax.scatter([p.k] * len(p.errors), p.errors, s=9, color=color, alpha=0.5)
     for p in (line.points[0], line.points[-1]):
         ax.annotate(
             f"{p.mean:.1f}", (p.k, p.mean), xytext=(0, 7), **NUMBER, ha="center", color=color

@@ -1,5 +1,5 @@
-"""What every figure shares: matplotlib on a file-only backend, one colour cycle, and saving
-as PNG and SVG atomically."""
+"""What every figure shares: matplotlib on a file-only backend, one colour cycle, the band over
+seeds behind a mean curve, and saving as PNG and SVG atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from normlab.atomic import write_atomic
 
@@ -48,6 +50,14 @@ def log_scale(ax: Axes) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
     ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def seed_band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str) -> None:
+    """The min-max band over seeds (axis 0 of `values`) behind a mean curve; nothing for one
+    seed, where it would be the curve itself."""
+    if values.shape[0] > 1:
+        lo, hi = np.nanmin(values, 0), np.nanmax(values, 0)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
 def save_figure(fig: Figure, path: Path) -> list[Path]:

@@ -29,7 +29,7 @@ from normlab.report.plotting import pyplot, save_figure
 from normlab.report.sweep_lines import (
     error,
     error_axis,
-    error_band,
+    error_line,
     line_label,
     line_name,
     log2_axis,
@@ -67,8 +67,8 @@ def results_table(summary: dict) -> str:
                 lines.append(f"| {g['name']} | {len(g['seeds'])} | - | - | - | {status} |")
             continue
         std = g.get("final_test_acc_std")
-        lo, hi = g.get("final_test_acc_ci95", (math.nan, math.nan))
-        interval = f"{error(hi):.2f} to {error(lo):.2f}" if std is not None else "one seed"
+        low, high = error_interval(g)
+        interval = f"{low:.2f} to {high:.2f}" if std is not None else "one seed"
         lines.append(
             f"| {g['name']} | {len(g['seeds'])} | {error(g['final_test_acc']):.2f} | "
             f"{'-' if std is None else f'{std:.2f}'} | {interval} | {status} |"
@@ -110,27 +110,24 @@ def batch_size_figure(summary: dict, path: Path) -> Path:
     return save_figure(fig, path)[0]
 
 
+def error_interval(group: dict) -> tuple[float, float]:
+    """The group's 95% interval as test error, low to high (the accuracy interval turned
+    over); (nan, nan) for a single seed, which has none."""
+    lo, hi = group.get("final_test_acc_ci95", (math.nan, math.nan))
+    return error(hi), error(lo)
+
+
 def _batch_size_line(ax: Axes, groups: list[dict], color: str, variant: str) -> Line2D:
     """One variant's line in a batch-size panel: mean error, 95% band, a dot per seed."""
     groups.sort(key=lambda g: g["batch_size"])
-    xs = [g["batch_size"] for g in groups]
-    label = line_label(groups[0], variant)
-    (line,) = ax.plot(
-        xs, [error(g["final_test_acc"]) for g in groups], "o-", color=color, label=label
-    )
-    banded = [g for g in groups if "final_test_acc_ci95" in g]
-    if banded:
-        error_band(
-            ax,
-            [g["batch_size"] for g in banded],
-            [error(g["final_test_acc_ci95"][1]) for g in banded],
-            [error(g["final_test_acc_ci95"][0]) for g in banded],
-            color,
-        )
-    for g in groups:
-        seeds = [error(s["final_test_acc"]) for s in g["seeds"] if "final_test_acc" in s]
-        ax.scatter([g["batch_size"]] * len(seeds), seeds, s=9, color=color, alpha=0.5)
-    return line
+    bands = [error_interval(g) for g in groups]
+    seeds = [
+        [error(s["final_test_acc"]) for s in g["seeds"] if "final_test_acc" in s] for g in groups
+    ]
+    return error_line(
+        ax, [g["batch_size"] for g in groups], [error(g["final_test_acc"]) for g in groups],
+        bands, seeds, color, line_label(groups[0], variant),
+    )  # fmt: skip
 
 
 MAX_PANELS = 24  # beyond this a heatmap's cells are too small to read their numbers

@@ -8,6 +8,7 @@ taken out of it (`bs32`, `nb4`), so the two must agree on how a name is split.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from normlab.core.norms import NORM_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.lines import Line2D
 
 
 def error(acc: float) -> float:
@@ -54,6 +56,28 @@ def error_band(
         alpha=0.18,
         linewidth=0,
     )
+
+
+def error_line(
+    ax: Axes,
+    xs: Sequence[float],
+    means: Sequence[float],
+    bands: Sequence[tuple[float, float]],
+    seeds: Sequence[Sequence[float]],
+    color: str | None = None,
+    label: str | None = None,
+) -> Line2D:
+    """One line of a sweep figure: the mean test error at each x, its 95% band (`bands`, low
+    and high error per x; nan where a single seed has none) and a dot per seed (`seeds`, the
+    seeds' errors per x). Without `color` the axes' cycle picks it; returns the mean's line."""
+    (line,) = ax.plot(xs, means, "o-", color=color, label=label)
+    color = line.get_color()
+    banded = [(x, lo, hi) for x, (lo, hi) in zip(xs, bands, strict=True) if not math.isnan(lo)]
+    if banded:
+        error_band(ax, *map(list, zip(*banded, strict=True)), color)
+    for x, errors in zip(xs, seeds, strict=True):
+        ax.scatter([x] * len(errors), errors, s=9, color=color, alpha=0.5)
+    return line
 
 
 def log2_axis(ax: Axes, values: Sequence[int]) -> None:

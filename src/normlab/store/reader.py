@@ -71,11 +71,22 @@ class StoredVariant:
             statistics_gap=[g for i, g in enumerate(self.statistics_gap) if i in keep],
         )
 
+    def drawn(self) -> StoredVariant:
+        """The seeds a figure draws: the finished ones, or every seed of a variant that has
+        nothing else, so that a curve, its best epoch and the report's table are computed from
+        the same seeds."""
+        return self if self.diverged else self.finished()
+
     def mean(self, column: str) -> np.ndarray:
         """Mean over seeds per epoch (over the seeds that reached the epoch)."""
-        values = self.metrics[column]
-        counts = np.sum(~np.isnan(values), axis=0)
-        return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+        return seed_mean(self.metrics[column])
+
+
+def seed_mean(values: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 (seeds) of the seeds that have a value there (nan where none has):
+    a seed that stopped sooner is nan from there on and leaves the others' mean as it is."""
+    counts = np.sum(~np.isnan(values), axis=0)
+    return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
 
 
 @dataclass(frozen=True)
