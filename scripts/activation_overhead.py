@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from normlab.config import TrainOptions, parse_variant
+from normlab.config import TrainOptions
 from normlab.core.activations import ActivationProbe, probe_steps
 from normlab.core.augment import prepare_batch
 from normlab.core.train import RunContext, fit_epoch, make_context, train_epoch, train_step
 from normlab.data import Dataset, load_dataset, steps_per_epoch
+from normlab.variants import parse_variant
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:

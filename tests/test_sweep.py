@@ -29,7 +29,6 @@ from normlab.run import executors
 from normlab.run import study as study_module
 from normlab.run.executors import (
     AutoExecutor,
-    Job,
     LocalExecutor,
     PoolExecutor,
     RayExecutor,
@@ -37,6 +36,7 @@ from normlab.run.executors import (
     make_executor,
     ray_uses_gpu,
 )
+from normlab.run.jobs import Job
 from normlab.run.progress import Reporter
 from normlab.run.study import load_study_data, run_study
 from normlab.store.results import mean_ci, read_json, read_metrics, read_predictions

@@ -25,6 +25,7 @@ from pydantic.dataclasses import dataclass
 
 from normlab.core.augment import parse_augment
 from normlab.core.device import BY_DEVICE
+from normlab.core.ghost import last_group
 from normlab.core.models import ARCHS, check_network, parse_arch
 from normlab.core.norms import BATCH_DEPENDENT
 from normlab.data.named import INPUT_SHAPES
@@ -142,8 +143,8 @@ def default_variants() -> tuple[Variant, ...]:
 
 def ghost_group(batch: int, k: int | None) -> int:
     """The fewest images of a `batch` that share a statistic with norm batch `k`: the last
-    group, which holds what k leaves over (`ghost.group_moments`), else a whole group."""
-    return batch if k is None or k >= batch else batch % k or k
+    group (`ghost.last_group`)."""
+    return batch if k is None or k >= batch else last_group(batch, k)
 
 
 def smallest_group(

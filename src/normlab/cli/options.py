@@ -115,8 +115,8 @@ EXECUTION_OPTIONS: dict[str, tuple[Any, object]] = {
             typer.Option(
                 metavar="<int|auto>",
                 help="Local worker processes (on CPU, the cores shared out). auto: on a CPU, "
-                "single-threaded processes, one per run up to twice the cores, else one per "
-                "core; on a GPU, one.",
+                "single-threaded processes, one per run up to one more than the cores; on a "
+                "GPU, one.",
             ),
         ],
         "auto",

@@ -52,6 +52,13 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def last_group(n: int, k: int) -> int:
+    """How many of `n` images the last group of norm batch `k` (k <= n) holds: what k leaves
+    over, else a whole group. It is the smallest group, the one `group_moments` checks and
+    the study configuration refuses ahead of training (`config.ghost_group`)."""
+    return n % k or k
+
+
 def group_moments(
     x: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,8 +68,7 @@ def group_moments(
 
     Refuses a group of one value per channel, as BatchNorm2d refuses such a batch."""
     n, full, pixels = x.shape[0], x.shape[0] - x.shape[0] % k, x[0, 0].numel()
-    smallest = n - full if full < n else k  # callers pass k <= n, so full >= k
-    if smallest * pixels < 2:
+    if last_group(n, k) * pixels < 2:  # callers pass k <= n
         raise ValueError(f"Expected more than 1 value per channel when training, got {x.shape}")
     xf = as_float(x)
     var, mean = torch.var_mean(xf[:full].unflatten(0, (-1, k)), dim=(1, 3, 4), unbiased=False)

@@ -143,8 +143,8 @@ def auto_workers(runs: int, cores: int) -> int:
     cores: one per run, up to one more than the cores. The extra one is shared out by the
     cores, so a study of three runs on two cores does not end with one run training alone while
     a core idles (2 min 18 s, against 3 min 6 s for one process with two threads running them
-    in turn: docs/results/timings/workers-auto.txt); beyond that, one per core, since every
-    process holds its own copy of torch and of the data."""
+    in turn: docs/results/timings/workers-auto.txt); more runs wait for a free process, since
+    every process holds its own copy of torch and of the data."""
     return min(runs, cores + 1)
 
 
@@ -161,7 +161,7 @@ class AutoExecutor(Executor):
         cores = min(available_cores(), torch.get_num_threads())
         if device.type != "cpu" or runs < 2 or cores < 2:
             self.pool = None
-            return torch.get_num_threads()
+            return super().plan(runs, device)
         self.pool = PoolExecutor(auto_workers(runs, cores), threads=1)
         return 1
 
