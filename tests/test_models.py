@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from normlab.core.models import Net, check_network, count_params, layer_summary
@@ -49,6 +50,31 @@ def test_each_kind_of_token_builds_what_the_spec_says() -> None:
     got = [(c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs[:-1]]
     assert got == [(1, (3, 3), (1, 1), (1, 1)), (16, (3, 3), (1, 1), (0, 0)),
                    (8, (1, 1), (1, 1), (0, 0)), (4, (3, 3), (2, 2), (1, 1))]  # fmt: skip
+
+
+def test_head_token_reads_a_pooled_layout_linearly() -> None:
+    """`H3`: the last map averaged to 3x3, then one weight per class, channel and cell; `H1`
+    (and no head token) is global average pooling and a 1x1 convolution, the same network."""
+    torch.manual_seed(0)
+    net = Net("ln", arch="4 M 6 H3")
+    assert count_params(net) == count_params(Net("ln", arch="4 M 6")) - (6 * 10 + 10) + (
+        6 * 9 * 10 + 10
+    )
+    x = torch.randn(2, 1, 28, 28)
+    cells = F.adaptive_avg_pool2d(net.features(x), 3).flatten(1)  # 14x14 -> 3x3
+    expected = cells @ net.head.weight.flatten(1).T + net.head.bias
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(1)
+    plain = Net("ln", arch="4 M 6")
+    torch.manual_seed(1)
+    one = Net("ln", arch="4 M 6 H1")
+    assert torch.equal(plain(x), one(x))
+
+
+@pytest.mark.parametrize("spec", ["16 H3 16", "16 H", "16 H0", "16 H3 H3"])
+def test_a_head_anywhere_but_last_or_of_size_0_is_a_user_error(spec: str) -> None:
+    with pytest.raises(NormlabError, match=r"bad (architecture token|head)"):
+        Net("bn", arch=spec)
 
 
 def test_pool_first_token_is_conv_pool_norm_relu() -> None:

@@ -95,7 +95,7 @@ STUDY_OPTIONS: dict[str, Any] = {
     "model": option(
         str,
         f"auto (chosen by input shape), a name ({', '.join(ARCHS)}) or a spec string such "
-        "as '24s 32 32 M 40 48'.",
+        "as '24s 32 32 M 40 48 H3' (its tokens: the README's Beyond MNIST section).",
         "auto",
     ),
     "compile": option(bool, "torch.compile the model (pays on a GPU).", "off"),
