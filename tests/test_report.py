@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
-from normlab.report.explain import PANELS, example_tensor, explain, parse_values
+from normlab.report.explain import (
+    PANELS,
+    axes_figure,
+    example_tensor,
+    explain,
+    explain_blocks,
+    parse_values,
+)
 from normlab.report.gallery import confident_mistakes, confusion
 from normlab.report.stats import holm, mcnemar_exact, seeds_test, wilson_interval
 from tests.conftest import REPO
@@ -135,6 +142,19 @@ def test_axes_panels_name_only_norms_that_share_the_panels_groups() -> None:
             )
         drawn |= {k for k, _ in panel}
     assert drawn == set(examples)  # every norm is in the figure
+
+
+def test_a_report_explains_the_classic_norms_and_only_the_later_ones_it_ran(
+    tmp_path: Path,
+) -> None:
+    x = example_tensor(0)
+    assert [e.key for e in explain(x, {"gn", "bn"})] == ["bn", "ln", "gn", "in"]
+    assert [e.key for e in explain(x, {"frn", "ws+gn"})][4:] == ["ws+gn", "frn"]
+    classic = explain_blocks(x, norms={"gn"})
+    assert "later norms" not in classic[0].text
+    assert "later norms" in explain_blocks(x, norms={"rms"})[0].text
+    png = axes_figure(x, tmp_path / "axes", {"gn", "ln", "bn"})[0]
+    assert png.exists()
 
 
 def test_parse_values() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Collection
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -88,9 +89,9 @@ def parse_values(text: str) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).reshape(-1, *SHAPE[1:])
 
 
-def explain(x: torch.Tensor) -> list[NormExample]:
-    """Every norm on `x` (N, C, H, W) with C even: BN, LN, GN with 2 groups, IN, then the
-    later norms in `NORMS` order."""
+def explain(x: torch.Tensor, norms: Collection[str] | None = None) -> list[NormExample]:
+    """The norms on `x` (N, C, H, W) with C even: BN, LN, GN with 2 groups, IN, then the
+    later norms in `norms` (all when None) in `NORMS` order."""
     if x.dim() != 4 or x.shape[1] % GN_GROUPS:
         raise NormlabError(
             f"the example needs an (N, C, H, W) tensor with C even, got {tuple(x.shape)}"
@@ -101,7 +102,7 @@ def explain(x: torch.Tensor) -> list[NormExample]:
         grouped_example("gn", x, GN_GROUPS),
         grouped_example("in", x, x.shape[1]),
     ]
-    return classic + recent_examples(x)
+    return classic + recent_examples(x, norms)
 
 
 def _fmt(v: float) -> str:
@@ -162,17 +163,26 @@ def check_text(ex: NormExample) -> str:
     )
 
 
-def explain_blocks(x: torch.Tensor, figure: str | None = None) -> list[Block]:
-    """The explanation as document blocks; `figure` is the axes figure's relative path."""
+def explain_blocks(
+    x: torch.Tensor, figure: str | None = None, norms: Collection[str] | None = None
+) -> list[Block]:
+    """The explanation as document blocks: the four classic norms and the later ones in
+    `norms` (all when None); `figure` is the axes figure's relative path."""
     n, c, h, w = x.shape
+    examples = explain(x, norms)
+    later = (
+        "The later norms also change what is computed over a group (a mean square, a "
+        "variance without centring x, a correction towards running statistics) or what is "
+        "normalized (a convolution's weights). "
+        if len(examples) > 4
+        else ""
+    )
     blocks: list[Block] = [
         Para(
             "BatchNorm, LayerNorm, GroupNorm and InstanceNorm compute y = (x - mean) / "
             "sqrt(var + eps) with eps = 1e-5, then a learned per-channel scale and shift "
             "(identity here), and differ only in which elements share one mean and variance. "
-            "The later norms also change what is computed over a group (a mean square, a "
-            "variance without centring x, a correction towards running statistics) or what is "
-            "normalized (a convolution's weights). The example is an activation tensor of shape "
+            f"{later}The example is an activation tensor of shape "
             f"(N, C, H, W) = ({n}, {c}, {h}, {w}); variances are biased (divide by the count), "
             "as the layers use them."
         ),
@@ -180,7 +190,7 @@ def explain_blocks(x: torch.Tensor, figure: str | None = None) -> list[Block]:
     ]
     if figure:
         blocks.append(Image(figure, "Which elements share statistics, per norm"))
-    for ex in explain(x):
+    for ex in examples:
         blocks.append(Heading(f"{ex.title}: {ex.axes}", 3))
         blocks += [stats_table(ex, s) for s in ex.stats]
         weights = ex.output_reading is not ACTIVATIONS
@@ -246,20 +256,27 @@ def _draw_panel(ax: Axes, plt: ModuleType, x: torch.Tensor, stats: Statistics) -
         side.set_visible(False)
 
 
-def axes_figure(x: torch.Tensor, path: Path) -> list[Path]:
+def axes_figure(x: torch.Tensor, path: Path, norms: Collection[str] | None = None) -> list[Path]:
     """The normalization axes, drawn from the example: one panel per way of grouping the
-    elements (`PANELS`), titled with every norm that groups them so. Written as PNG and SVG
+    elements (`PANELS`) that the four classic norms or the later ones in `norms` (all when
+    None) use, titled with those of them that group the elements so. Written as PNG and SVG
     beside each other; returns the paths."""
     plt = pyplot()
-    examples = {ex.key: ex for ex in explain(x)}
-    fig, axs = plt.subplots(2, 3, figsize=(13.5, 6.8), layout="constrained")
-    for ax, panel in zip(axs.flat, PANELS, strict=True):
+    examples = {ex.key: ex for ex in explain(x, norms)}
+    panels = [p for panel in PANELS if (p := tuple(e for e in panel if e[0] in examples))]
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), layout="constrained")
+    for ax, panel in zip(axs.flat, panels, strict=False):
         key, index = panel[0]
         _draw_panel(ax, plt, x, examples[key].stats[index])
         ax.set_title(_panel_title(examples, panel), fontsize=9.5)
+    for ax in axs.flat[len(panels) :]:
+        ax.set_visible(False)
+    weights = " (the last panel reads it as a convolution's weights)" if "ws+gn" in examples else ""
     fig.suptitle(
         f"Which elements share statistics: tensor (N, C, H, W) = {tuple(x.shape)}, one colour = "
-        "one group (the last panel reads it as a convolution's weights)",
+        f"one group{weights}",
         fontsize=10,
     )
     return save_figure(fig, path)

@@ -8,6 +8,8 @@ Renormalization with its limits fully relaxed, where it differs from BatchNorm.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -242,15 +244,19 @@ def rms_example(x: torch.Tensor) -> NormExample:
     )
 
 
-def recent_examples(x: torch.Tensor) -> list[NormExample]:
-    """The later norms on `x`, in `NORMS` order."""
-    builders = (
-        renorm_example,
-        ws_example,
-        frn_example,
-        evonorm_b0_example,
-        evonorm_s0_example,
-        layer_norm_2d_example,
-        rms_example,
-    )
-    return [build(x) for build in builders]
+RECENT = {  # in `NORMS` order
+    "brn": renorm_example,
+    "ws+gn": ws_example,
+    "frn": frn_example,
+    "evonorm-b0": evonorm_b0_example,
+    "evonorm-s0": evonorm_s0_example,
+    "ln2d": layer_norm_2d_example,
+    "rms": rms_example,
+}
+
+
+def recent_examples(x: torch.Tensor, norms: Collection[str] | None = None) -> list[NormExample]:
+    """The later norms on `x` that are in `norms` (all when None), in `NORMS` order. A
+    report explains only the norms its study ran: building the others would import timm and
+    draw panels nobody asked for."""
+    return [build(x) for key, build in RECENT.items() if norms is None or key in norms]
