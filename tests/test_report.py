@@ -188,9 +188,11 @@ def test_confident_mistakes_and_confusion() -> None:
 
 
 def expected_figures() -> list[str]:
+    """The curves and the axes figure as PNG and SVG, the galleries and confusion matrices
+    (grids read on screen) as PNG."""
     names = [*CURVES, "normalization_axes"]
-    names += [f"{kind}_{v}" for kind in ("misclassified", "confusion") for v in VARIANTS]
-    return [f"{n}.{ext}" for n in names for ext in ("png", "svg")]
+    grids = [f"{kind}_{v}.png" for kind in ("misclassified", "confusion") for v in VARIANTS]
+    return [f"{n}.{ext}" for n in names for ext in ("png", "svg")] + grids
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """What every figure shares: matplotlib on a file-only backend, one colour cycle, the band over
-seeds behind a mean curve, and saving as PNG and SVG atomically."""
+seeds behind a mean curve, and saving as PNG and SVG atomically (pixel grids as PNG only)."""
 
 from __future__ import annotations
 
@@ -60,10 +60,11 @@ def seed_band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str) -> None:
         ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
-def save_figure(fig: Figure, path: Path) -> list[Path]:
-    """`path` as PNG (for the report and README) and SVG (for print); closes the figure.
-    Each file is written atomically, like everything else in a study folder."""
-    paths = [path.with_suffix(".png"), path.with_suffix(".svg")]
+def save_figure(fig: Figure, path: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """`path` as PNG (for the report and README) and SVG (for print), or just the `formats`
+    given; closes the figure. Each file is written atomically, like everything else in a
+    study folder."""
+    paths = [path.with_suffix(f".{fmt}") for fmt in formats]
     for p in paths:
         buf = io.BytesIO()
         fig.savefig(buf, format=p.suffix[1:], dpi=120)
