@@ -71,7 +71,24 @@ def test_head_token_reads_a_pooled_layout_linearly() -> None:
     assert torch.equal(plain(x), one(x))
 
 
-@pytest.mark.parametrize("spec", ["16 H3 16", "16 H", "16 H0", "16 H3 H3"])
+def test_a_head_larger_than_the_last_map_or_a_network_without_convolutions_is_refused() -> None:
+    check_network("16 M 16v 24v M 24 24 H5", INPUT_SHAPES["mnist"], ["bn"], None)  # 5x5 -> 5x5
+    with pytest.raises(NormlabError, match=r"stretch the last map \(5x5 on 1x28x28 images\)"):
+        check_network("16 M 16v 24v M 24 24 H6", INPUT_SHAPES["mnist"], ["bn"], None)
+    for spec in ("H3", "M H3"):
+        with pytest.raises(NormlabError, match="has no convolution"):
+            Net("bn", arch=spec)
+
+
+def test_the_parameter_summary_shows_the_heads_pooling() -> None:
+    rows = layer_summary(Net("gn", arch="16 M 16v 24v M 24 24 H3"), (1, 28, 28))
+    assert [(r.name, r.out_shape, r.params) for r in rows[-2:]] == [
+        ("pool", (24, 3, 3), 0),
+        ("head", (10, 1, 1), 24 * 9 * 10 + 10),
+    ]
+
+
+@pytest.mark.parametrize("spec", ["16 H3 16", "16 H", "16 H0", "16 H3 H3", "16 H65"])
 def test_a_head_anywhere_but_last_or_of_size_0_is_a_user_error(spec: str) -> None:
     with pytest.raises(NormlabError, match=r"bad (architecture token|head)"):
         Net("bn", arch=spec)

@@ -26,6 +26,7 @@ from normlab.report.explain import (
     parse_values,
 )
 from normlab.report.gallery import confident_mistakes, confusion
+from normlab.report.plotting import pyplot, save_figure
 from normlab.report.stats import holm, mcnemar_exact, seeds_test, wilson_interval
 from tests.conftest import REPO
 from tests.conftest import run_cli as normlab
@@ -153,8 +154,19 @@ def test_a_report_explains_the_classic_norms_and_only_the_later_ones_it_ran(
     classic = explain_blocks(x, norms={"gn"})
     assert "later norms" not in classic[0].text
     assert "later norms" in explain_blocks(x, norms={"rms"})[0].text
+    assert classic[-1].text.startswith("BatchNorm is the one whose output")
+    both = explain_blocks(x, norms={"brn"})[-1].text
+    assert both.startswith("BatchNorm and Batch Renormalization are the ones")
+    (tmp_path / "axes.svg").write_text("an older version's copy")
     png = axes_figure(x, tmp_path / "axes", {"gn", "ln", "bn"})[0]
-    assert png.exists()
+    assert png.exists() and (tmp_path / "axes.svg").read_text() != "an older version's copy"
+
+
+def test_a_figure_written_in_fewer_formats_leaves_no_stale_copy(tmp_path: Path) -> None:
+    (tmp_path / "grid.svg").write_text("an older version's copy")
+    fig = pyplot().figure()
+    assert save_figure(fig, tmp_path / "grid", ("png",)) == [tmp_path / "grid.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
 
 
 def test_parse_values() -> None:

@@ -13,14 +13,13 @@ on one line and the parameter summary can name every layer:
           and LayerNorm the statistics come from the pooled map)
     M     2x2 max pooling
     H3    (last token only) the head: average pooling to 3x3, then a 3x3 convolution to the
-          classes, i.e. a linear layer over the 3x3 map's values; without it the head is H1:
-          global average pooling and a 1x1 convolution
+          classes, i.e. a linear layer over the 3x3 map's values (any Hk up to the last map's
+          size); without it the head is H1: global average pooling and a 1x1 convolution
 
 The head pools to a fixed size, so the parameter count does not depend on the input size. H1
-throws away where in the image a feature was; a few cells keep a coarse layout, and a linear
-read-out of a coarse layout of random features already separates digits, so GroupNorm and
-LayerNorm (which, unlike BatchNorm, do not centre each channel over the batch) learn in tens of
-steps instead of hundreds.
+throws away where in the image a feature was; Hk keeps a coarse k x k layout of it, which a
+linear read-out can use from the first step, before the convolutions have learned anything
+(the README measures what that does to GroupNorm and LayerNorm in their first epoch).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ ARCH_BY_SHAPE: dict[tuple[int, int], str] = {(28, 28): "mnist", (32, 32): "cifar
 # One convolution token: a width, then an optional kind; anything else ('-4', '16vs') is refused.
 CONV_TOKEN = re.compile(r"(\d+)([vtsp]?)")
 HEAD_TOKEN = re.compile(r"H(\d+)")
+MAX_HEAD = 64  # no map the built-in datasets give is larger; a typo like H5000 is refused
 
 
 def choose_arch(input_shape: tuple[int, int, int], model: str = "auto") -> str:
@@ -91,9 +91,13 @@ def parse_arch(arch: str) -> list[tuple[int, str] | str]:
     runs."""
     layers: list[tuple[int, str] | str] = []
     tokens = arch.split()
-    if tokens and HEAD_TOKEN.fullmatch(tokens[-1]):
-        if head_size(arch) < 1:
-            raise NormlabError(f"bad head {tokens[-1]!r} in {arch!r}; use H1 or more, e.g. H3")
+    head = HEAD_TOKEN.fullmatch(tokens[-1]) if tokens else None
+    if head:
+        if not 1 <= int(head[1]) <= MAX_HEAD:
+            raise NormlabError(
+                f"bad head {head[0]!r} in {arch!r}; use H1 to H{MAX_HEAD} (no larger than the "
+                "last map), e.g. H3"
+            )
         tokens = tokens[:-1]
     for token in tokens:
         match = CONV_TOKEN.fullmatch(token)
@@ -104,6 +108,11 @@ def parse_arch(arch: str) -> list[tuple[int, str] | str]:
                 "optionally a head 'Hk' last, e.g. 'H3'"
             )
         layers.append("M" if token == "M" else (int(match[1]), match[2]))
+    if not any(isinstance(layer, tuple) for layer in layers):
+        raise NormlabError(
+            f"the network {arch!r} has no convolution, so no norm to compare; give at least one "
+            "width, e.g. '16 M 32 H3'"
+        )
     return layers
 
 
@@ -140,8 +149,24 @@ class MaxPool2d(nn.MaxPool2d):
         return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
+class HeadPool(nn.Module):
+    """Average pooling to `size` x `size` ahead of the head: the mean over H and W for 1 (the
+    global average pooling every network had before the head token), adaptive average pooling
+    otherwise. A module, not a step of `forward`, so the parameter summary shows it."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return x.mean(dim=(2, 3), keepdim=True)
+        return F.adaptive_avg_pool2d(x, self.size)
+
+
 class Net(nn.Module):
-    """Convolution blocks, max pooling, global average pooling head; `norm` picks the norm."""
+    """Convolution blocks, max pooling, and a head that average-pools the last map to k x k
+    (`Hk`, default H1) and reads it with one convolution; `norm` picks the norm."""
 
     def __init__(
         self,
@@ -177,16 +202,11 @@ class Net(nn.Module):
             ]
             channels = out
         self.features = nn.Sequential(*layers)
-        self.pool = head_size(arch)
-        self.head = nn.Conv2d(channels, num_classes, self.pool)
+        self.pool = HeadPool(head_size(arch))
+        self.head = nn.Conv2d(channels, num_classes, self.pool.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        if self.pool == 1:
-            x = x.mean(dim=(2, 3), keepdim=True)
-        else:
-            x = F.adaptive_avg_pool2d(x, self.pool)
-        return self.head(x).flatten(1)
+        return self.head(self.pool(self.features(x))).flatten(1)
 
 
 def count_params(model: nn.Module) -> int:
@@ -198,7 +218,7 @@ def layer_summary(model: Net, input_shape: tuple[int, int, int]) -> list[LayerIn
     """Per-layer output shape and parameter count, found by tracing one dummy input."""
     rows: list[LayerInfo] = []
     hooks = []
-    named = [*model.features.named_children(), ("head", model.head)]
+    named = [*model.features.named_children(), ("pool", model.pool), ("head", model.head)]
     for name, module in named:
 
         def record(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
@@ -253,6 +273,13 @@ def check_network(
                     f"({first_line(exc, 'no detail')}); "
                     "pass a --model spec with fewer 'M' or stride-2 layers"
                 ) from None
+            h, w = rows[-3].out_shape[1:]  # the last map, before the head's pooling
+            if head_size(arch) > min(h, w):
+                raise NormlabError(
+                    f"the head H{head_size(arch)} of {arch!r} would stretch the last map "
+                    f"({h}x{w} on {shape} images) to {head_size(arch)}x{head_size(arch)}; "
+                    f"use H{min(h, w)} or less"
+                )
             single = [r for r in rows if r.kind in BATCH_LAYERS and r.out_shape[1:] == (1, 1)]
             if single and batch < 2:
                 raise NormlabError(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from normlab.core.norms import BATCH_DEPENDENT
 from normlab.errors import NormlabError
 from normlab.report.doc import Block, Heading, Image, Para, Table
 from normlab.report.norm_examples import (
@@ -33,7 +34,7 @@ from normlab.report.norm_examples import (
     grouped_example,
 )
 from normlab.report.plotting import pyplot, save_figure
-from normlab.report.recent_examples import recent_examples
+from normlab.report.recent_examples import RECENT, recent_examples
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -174,7 +175,7 @@ def explain_blocks(
         "The later norms also change what is computed over a group (a mean square, a "
         "variance without centring x, a correction towards running statistics) or what is "
         "normalized (a convolution's weights). "
-        if len(examples) > 4
+        if any(ex.key in RECENT for ex in examples)
         else ""
     )
     blocks: list[Block] = [
@@ -201,12 +202,18 @@ def explain_blocks(
         ]
         if ex.note:
             blocks.append(Para(ex.note))
+    batch = [ex.title for ex in examples if ex.key in BATCH_DEPENDENT]
+    which = (
+        f"{', '.join(batch[:-1])} and {batch[-1]} are the ones"
+        if len(batch) > 1
+        else (f"{batch[0]} is the one")
+    )
     blocks.append(
         Para(
-            "BatchNorm, Batch Renormalization and EvoNorm-B0 are the ones whose output for a "
-            "sample depends on the other samples in the batch (in training; at test time they "
-            "use running averages instead). The others normalize each sample on its own, so they "
-            "behave the same in training and at test time and for any batch size."
+            f"{which} whose output for a sample depends on the other samples in the batch (in "
+            "training; at test time running averages are used instead). The others normalize "
+            "each sample on its own, so they behave the same in training and at test time and "
+            "for any batch size."
         )
     )
     return blocks

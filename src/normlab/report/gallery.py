@@ -16,9 +16,9 @@ import numpy as np
 from normlab.errors import NormlabError
 from normlab.report.plotting import pyplot, save_figure
 
-# Galleries and confusion matrices are grids (of pixels, of counts) read on screen: PNG only,
-# which also halves the time of the slowest figures a report writes.
-PIXELS = ("png",)
+# Galleries and confusion matrices are grids (of pixels, of counts) read on screen: PNG only.
+# An SVG of the gallery would wrap the same pixels, and writing both took a report's longest.
+GRID_FORMATS = ("png",)
 
 ROWS, COLS = 2, 5
 
@@ -81,7 +81,7 @@ def plot_mistakes(
         )
     shown = f"the {len(chosen)} most confident" if len(chosen) else "no mistakes to show"
     fig.suptitle(f"{title}\n{shown} of {wrong:,} misclassified test images", fontsize=10)
-    return save_figure(fig, path, PIXELS)[0]
+    return save_figure(fig, path, GRID_FORMATS)[0]
 
 
 def plot_confusion(
@@ -120,4 +120,4 @@ def plot_confusion(
         f"{title}\n{wrong:,} of {int(counts.sum()):,} test images misclassified (diagonal: right)",
         fontsize=10,
     )
-    return save_figure(fig, path, PIXELS)[0]
+    return save_figure(fig, path, GRID_FORMATS)[0]

@@ -60,14 +60,20 @@ def seed_band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str) -> None:
         ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
-def save_figure(fig: Figure, path: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+FORMATS = ("png", "svg")
+
+
+def save_figure(fig: Figure, path: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """`path` as PNG (for the report and README) and SVG (for print), or just the `formats`
     given; closes the figure. Each file is written atomically, like everything else in a
-    study folder."""
+    study folder; a format not written is removed, so a report redrawn by a later version
+    leaves no stale copy of the figure beside the new one."""
     paths = [path.with_suffix(f".{fmt}") for fmt in formats]
     for p in paths:
         buf = io.BytesIO()
         fig.savefig(buf, format=p.suffix[1:], dpi=120)
         write_atomic(p, buf.getvalue())
+    for fmt in set(FORMATS) - set(formats):
+        path.with_suffix(f".{fmt}").unlink(missing_ok=True)
     pyplot().close(fig)
     return paths

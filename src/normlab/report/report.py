@@ -3,8 +3,8 @@
 The report is assembled here: what was run (the configuration and environment stored with the
 results), the findings (computed as data by report.findings, put into words by report.text),
 the curves, what the norm layers receive during training (where it was recorded), the galleries
-and the worked example of what each normalization computes. Nothing is typed in: every number
-and sentence comes from the stored results.
+and the worked example of what the four classic normalizations and the later ones the study ran
+compute. Nothing is typed in: every number and sentence comes from the stored results.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def write_report(out: Path, data_dir: Path | None = None) -> Path:
         *gallery_blocks(study, figures, data_dir),
         Heading("How the normalizations compute their statistics"),
         Para(
-            "The four classic norms and those of the later ones this study ran, as `normlab "
-            "explain --markdown` (seeded example, seed 0) shows them all."
+            "The four classic norms and the later ones this study ran (seeded example, seed 0); "
+            "`normlab explain --markdown` shows every norm."
         ),
         *explain_blocks(example_tensor(), axes.relative_to(out).as_posix(), norms),
     ]
