@@ -5,6 +5,7 @@ in the study folder lost or left half-written."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import io
 import json
@@ -64,6 +65,42 @@ def finished_study(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 # --- 1. Kill at any moment, lose nothing ----------------------------------------------------
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc), but for multiprocessing's resource tracker,
+    which ends on its own once its parent has gone."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return [c for c in found if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path):
+    """SIGINT to the driver alone ends the running runs and the queued ones: the pool used to
+    wait for every submitted run, so an interrupted sweep went on training."""
+    out = tmp_path / "study"
+    args = ["run", "--data-dir", mnist_dir, "--variants", "bn,gn,ln,in", "--epochs", "50"]
+    args += ["--limit-train", "1024", "--limit-test", "256", "--workers", "2", "--out", out]
+    proc = subprocess.Popen(
+        normlab_cmd(*args), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    workers: list[int] = []
+    try:
+        while not list(out.glob("*/seed0/checkpoint.pt")) and proc.poll() is None:
+            time.sleep(0.05)
+        workers = child_pids(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        for pid in [proc.pid, *workers]:  # a failing run must not leave workers training
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished runs are kept" in err.decode()
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not list(out.glob("*/seed0/run.json"))  # nothing ran on to its 50th epoch
 
 
 @pytest.mark.slow

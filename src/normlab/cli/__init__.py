@@ -42,10 +42,20 @@ def main() -> None:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         fail(f"{exc.format_message()}{hint}")
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print(
-            "normlab: interrupted; finished runs are kept, re-run to resume",
-            markup=False,
-            highlight=False,
-        )
-        sys.exit(130)
+        interrupted()
+    if code == INTERRUPTED:  # newer typer (0.29 here) turns Ctrl-C into this status itself
+        interrupted()
     sys.exit(code or 0)
+
+
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C: say what is kept and how to go on, and exit as the shell expects."""
+    err_console.print(
+        "normlab: interrupted; finished runs are kept, re-run to resume",
+        markup=False,
+        highlight=False,
+    )
+    sys.exit(INTERRUPTED)

@@ -14,6 +14,7 @@ same command redoes only the failed runs.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing.queues import Queue
@@ -67,8 +68,13 @@ _worker_epochs: Queue | None = None
 
 def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
     """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
-    every finished epoch to `epochs`, so the driver's progress moves while runs are going."""
+    every finished epoch to `epochs`, so the driver's progress moves while runs are going.
+
+    Workers ignore SIGINT: the driver alone decides what an interrupt stops (`stop_pool`); a
+    worker that took Ctrl-C itself would hand the KeyboardInterrupt back as a run's result and
+    start the next queued run."""
     global _worker_data, _worker_epochs
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker_data, _worker_epochs = data, epochs
 
@@ -121,7 +127,8 @@ class PoolExecutor(Executor):
         epochs = ctx.Queue()
         by_path = {job.run.path: (job, job.done_epochs()) for job in jobs}
         init = (data.to("cpu"), self.threads, epochs)
-        with ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init) as pool:
+        pool = ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init)
+        try:
             pending = {}
             for i, job in enumerate(jobs):
                 target = f"cuda:{i % gpus}" if gpus else str(dev)
@@ -135,6 +142,10 @@ class PoolExecutor(Executor):
                 for future in finished:
                     job, done = pending.pop(future)
                     collector.take(job, future.result, done)
+        except BaseException:  # Ctrl-C, or a failure writing a result: stop every run now
+            stop_pool(pool)
+            raise
+        pool.shutdown()
         collector.raise_failures(len(jobs))
 
 
@@ -146,6 +157,20 @@ def auto_workers(runs: int, cores: int) -> int:
     in turn: docs/results/timings/workers-auto.txt); more runs wait for a free process, since
     every process holds its own copy of torch and of the data."""
     return min(runs, cores + 1)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and end the running ones at once. Leaving the pool's `with`
+    instead would wait for every submitted run to finish, queued ones included: an interrupted
+    sweep would go on training. A run stopped mid-epoch loses only that epoch: its checkpoint
+    from the last finished one resumes it (the same as after SIGKILL, which the tests hold to
+    identical results)."""
+    processes = list(pool._processes.values())  # no public way before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 class AutoExecutor(Executor):
