@@ -1,6 +1,6 @@
 """McNemar's exact test, variant by variant, between two studies of the same test set: which
-test images only one of the two got right. One seed each, so this is what says whether two
-networks (or two recipes) differ beyond the noise of one run:
+test images only one of the two got right. It says whether two trained models differ beyond
+what the test set can resolve; how much a result moves from seed to seed it does not measure:
 
     python scripts/paired_test.py docs/results/mnist-head/h1 docs/results/mnist-head/h3
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import numpy as np
 
 from normlab.report.stats import mcnemar_exact
 from normlab.store.results import read_json, read_predictions
@@ -22,11 +24,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"| variant | {args.a.name} % | {args.b.name} % | right only in a / b | McNemar p |")
     print("|---|---:|---:|---:|---:|")
-    for run in read_json(args.a / "study.json")["runs"]:
-        variant, seed = run.rsplit("/seed", 1)
-        if int(seed) != args.seed or not (args.b / run).exists():
+    runs = [r for r in read_json(args.a / "study.json")["runs"] if r.endswith(f"/seed{args.seed}")]
+    for run in runs:
+        variant = run.rsplit("/seed", 1)[0]
+        if not all((study / run / "predictions.npz").exists() for study in (args.a, args.b)):
+            print(f"| {variant} | skipped: a study has no predictions.npz | | | |")
             continue
         a, b = (read_predictions(study / run) for study in (args.a, args.b))
+        if not np.array_equal(a["target"], b["target"]):
+            raise SystemExit(f"{variant}: the two studies were tested on different images")
         right_a, right_b = a["pred"] == a["target"], b["pred"] == b["target"]
         test = mcnemar_exact(right_a, right_b)
         only_a, only_b = test.discordant

@@ -44,8 +44,8 @@ from normlab.errors import NormlabError, first_line
 # mnist-h3 (1x28x28): mnist read by an H3 head, its last width cut from 32 to 24 for the same
 #   budget (18,650 parameters). GroupNorm and LayerNorm learn far faster in their first epoch
 #   (docs/results/short-runs-h3), but after 20 epochs it ends no better than mnist and below
-#   99.4% in one of the last three epochs for ln and bn+l1 (docs/results/mnist-head), so it is
-#   not the default.
+#   99.4% in at least one of the last three epochs for ln and bn+l1 (docs/results/mnist-head),
+#   so it is not the default.
 # cifar (3x32x32): a stride-2 stem goes to 16x16 at once (the same body trains faster behind it
 #   than behind a full-resolution layer and pooling: a one-off measurement, not committed), then
 #   the channels grow at 16x16 and 8x8.
@@ -255,8 +255,9 @@ def check_network(
     batch: int = 2,
 ) -> None:
     """Build the network for each norm and push one dummy image of `input_shape` through it,
-    so a spec that does not fit the images (pooled below 1x1, a group count that does not
-    divide a width) fails before the data loads or the first run starts, not mid-study.
+    so a spec that does not fit the images (pooled below 1x1, a head larger than the last map,
+    a group count that does not divide a width) fails before the data loads or the first run
+    starts, not mid-study.
     `batch` is the fewest images a training statistic spans (a batch, or the smallest ghost
     batch: `config.smallest_group`): BatchNorm refuses to train on one value per channel, i.e.
     one image reaching a 1x1 map.

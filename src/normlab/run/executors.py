@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from pathlib import Path
 from types import ModuleType
@@ -68,13 +70,8 @@ _worker_epochs: Queue | None = None
 
 def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
     """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
-    every finished epoch to `epochs`, so the driver's progress moves while runs are going.
-
-    Workers ignore SIGINT: the driver alone decides what an interrupt stops (`stop_pool`); a
-    worker that took Ctrl-C itself would hand the KeyboardInterrupt back as a run's result and
-    start the next queued run."""
+    every finished epoch to `epochs`, so the driver's progress moves while runs are going."""
     global _worker_data, _worker_epochs
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker_data, _worker_epochs = data, epochs
 
@@ -129,10 +126,11 @@ class PoolExecutor(Executor):
         init = (data.to("cpu"), self.threads, epochs)
         pool = ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init)
         try:
-            pending = {}
-            for i, job in enumerate(jobs):
-                target = f"cuda:{i % gpus}" if gpus else str(dev)
-                pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
+            with workers_ignore_ctrl_c():
+                pending = {}
+                for i, job in enumerate(jobs):
+                    target = f"cuda:{i % gpus}" if gpus else str(dev)
+                    pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 while not epochs.empty():
@@ -159,6 +157,23 @@ def auto_workers(runs: int, cores: int) -> int:
     return min(runs, cores + 1)
 
 
+@contextmanager
+def workers_ignore_ctrl_c() -> Iterator[None]:
+    """SIGINT ignored while the pool's workers are spawned (each `submit` starts one until the
+    pool is full), so they are born ignoring it and keep ignoring it: Ctrl-C in a terminal
+    reaches every process of the group, and a worker that took it would print its own
+    traceback, hand the KeyboardInterrupt back as a run's result and start the next queued run.
+    The driver alone decides what an interrupt stops (`stop_pool`)."""
+    if threading.current_thread() is not threading.main_thread():  # signals are main-thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def stop_pool(pool: ProcessPoolExecutor) -> None:
     """Cancel the queued runs and end the running ones at once. Leaving the pool's `with`
     instead would wait for every submitted run to finish, queued ones included: an interrupted
@@ -170,7 +185,10 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     for process in processes:
         process.terminate()
     for process in processes:
-        process.join()
+        process.join(timeout=10)
+        if process.is_alive():  # stuck in native code that ignores SIGTERM
+            process.kill()
+            process.join()
 
 
 class AutoExecutor(Executor):
