@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from normlab.config import StudyConfig, TrainOptions, Variant
 from normlab.core.augment import parse_augment, prepare_batch, random_crop, random_flip
 from normlab.core.models import ARCHS, Net, choose_arch, count_params
 from normlab.data import load_dataset
-from normlab.data.imagefolder import cache_dir
+from normlab.data.imagefolder import cache_dir, extract
 from normlab.errors import NormlabError
 from normlab.run.study import run_study
 from tests.conftest import run_cli as normlab
@@ -174,6 +175,20 @@ def test_archive_is_extracted_once_and_matches_the_folder(tmp_path: Path) -> Non
     extracted_at = stamp.stat().st_mtime_ns
     load_dataset(str(archive), data_dir)
     assert stamp.stat().st_mtime_ns == extracted_at
+
+
+def test_loaders_extracting_one_archive_at_once_each_get_a_whole_extraction(
+    tmp_path: Path,
+) -> None:
+    """Two studies started together on one archive and one --data-dir: the second used to find
+    the first's half-made folder ('File exists') or delete it under it."""
+    archive = make_archive(make_folder(tmp_path / "pets"), tmp_path / "pets.tar.gz")
+    dest = tmp_path / "cache" / "extracted"
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: extract(archive, dest, "k"), range(4))) == [dest] * 4
+    assert (dest / ".normlab-key").read_text() == "k"
+    assert len(list(dest.rglob("*.png"))) == 36
+    assert [p.name for p in dest.parent.iterdir()] == ["extracted"]  # no private copy left
 
 
 def test_archive_with_path_traversal_is_refused(tmp_path: Path) -> None:

@@ -26,11 +26,13 @@ is part of the cache's key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import shutil
 import tarfile
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -134,22 +136,35 @@ def archive_key(archive: Path) -> str:
 
 
 def extract(archive: Path, dest: Path, key: str) -> Path:
-    """Extract `archive` into `dest` unless the extraction there is of this very archive."""
+    """Extract `archive` into `dest` unless the extraction there is of this very archive.
+
+    The archive is unpacked into a private folder beside `dest` and renamed into place, so two
+    normlab processes loading the same archive into one `--data-dir` at once each get a whole
+    extraction: the first rename wins, the other drops its own identical copy."""
     stamp = dest / ".normlab-key"
-    if stamp.exists() and stamp.read_text() == key:
+
+    def current() -> bool:
+        return stamp.exists() and stamp.read_text() == key
+
+    if current():
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest.parent))
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(private, filter="data")
+        (private / stamp.name).write_text(key)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
         raise NormlabError(
             f"cannot extract {archive} ({exc}); it must be a .tar.gz of a folder with train/ "
             "and test/, without absolute paths, '..' or links pointing outside it"
         ) from None
-    stamp.write_text(key)
+    if not current():
+        shutil.rmtree(dest, ignore_errors=True)  # an extraction of an older archive, if any
+        with contextlib.suppress(OSError):  # another process renamed its copy there first
+            private.rename(dest)
+    shutil.rmtree(private, ignore_errors=True)
     return dest
 
 
