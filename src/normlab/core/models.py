@@ -97,12 +97,11 @@ def parse_arch(arch: str) -> list[tuple[int, str] | str]:
     runs."""
     layers: list[tuple[int, str] | str] = []
     tokens = arch.split()
-    head = HEAD_TOKEN.fullmatch(tokens[-1]) if tokens else None
-    if head:
-        if not 1 <= int(head[1]) <= MAX_HEAD:
+    if tokens and HEAD_TOKEN.fullmatch(tokens[-1]):
+        if not 1 <= head_size(arch) <= MAX_HEAD:
             raise NormlabError(
-                f"bad head {head[0]!r} in {arch!r}; use H1 to H{MAX_HEAD} (no larger than the "
-                "last map), e.g. H3"
+                f"bad head {tokens[-1]!r} in {arch!r}; use H1 to H{MAX_HEAD} (no larger than "
+                "the last map), e.g. H3"
             )
         tokens = tokens[:-1]
     for token in tokens:
@@ -281,10 +280,11 @@ def check_network(
                     "pass a --model spec with fewer 'M' or stride-2 layers"
                 ) from None
             h, w = rows[-3].out_shape[1:]  # the last map, before the head's pooling
-            if head_size(arch) > min(h, w):
+            k = net.pool.size
+            if k > min(h, w):
                 raise NormlabError(
-                    f"the head H{head_size(arch)} of {arch!r} would stretch the last map "
-                    f"({h}x{w} on {shape} images) to {head_size(arch)}x{head_size(arch)}; "
+                    f"the head H{k} of {arch!r} would stretch the last map "
+                    f"({h}x{w} on {shape} images) to {k}x{k}; "
                     f"use H{min(h, w)} or less"
                 )
             single = [r for r in rows if r.kind in BATCH_LAYERS and r.out_shape[1:] == (1, 1)]

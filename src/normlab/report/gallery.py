@@ -17,7 +17,7 @@ from normlab.errors import NormlabError
 from normlab.report.plotting import pyplot, save_figure
 
 # Galleries and confusion matrices are grids (of pixels, of counts) read on screen: PNG only.
-# An SVG of the gallery would wrap the same pixels, and writing both took a report's longest.
+# An SVG of the gallery would only wrap the same pixels, and saving twice costs time.
 GRID_FORMATS = ("png",)
 
 ROWS, COLS = 2, 5
