@@ -590,3 +590,26 @@ def test_schedule_survives_tiny_runs(total_steps: int):
         opt.step()
         sched.step()
     assert all(0 < lr <= 0.1 for lr in used), used
+
+
+@pytest.mark.parametrize(
+    ("momentum", "start", "peak"), [(0.9, 0.95, 0.85), (0.5, 0.55, 0.45), (0, 0, 0)]
+)
+def test_momentum_setting_reaches_the_optimizer(momentum: float, start: float, peak: float):
+    """OneCycle used to overwrite any momentum with its own 0.85-0.95 cycle (a study file's
+    `momentum: 0` still trained with momentum); now it swings around the setting, and 0 is
+    plain SGD. The default's cycle is OneCycleLR's own, so stored studies train as before."""
+    opt, sched = make_optimizer(Net("gn"), Variant("gn"), TrainOptions(momentum=momentum), 8)
+    seen = []
+    for _ in range(8):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx(start) and min(seen) == pytest.approx(peak)
+    assert opt.param_groups[0]["nesterov"] == (momentum > 0)
+
+
+@pytest.mark.parametrize("momentum", [0.01, 0.95, -0.1])
+def test_momentum_that_would_swing_out_of_range_is_refused(momentum: float):
+    with pytest.raises(NormlabError, match="momentum"):
+        TrainOptions(momentum=momentum)

@@ -41,6 +41,8 @@ from normlab.variants import (
 )
 
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
+MOMENTUM_SWING = 0.05  # OneCycle's momentum: this far either side of `momentum`, against the lr
+MAX_MOMENTUM = 0.94  # so that the swing's top stays below 1
 PRECISE_BN_BATCHES = 32  # default of --precise-bn: 4,096 images at the default batch of 128
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -67,7 +69,7 @@ class TrainOptions(Validated):
     epochs: Count = 20
     batch_size: Count = 128
     lr: Rate = 0.1
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    momentum: Annotated[float, Field(ge=0, le=MAX_MOMENTUM)] = 0.9  # core.train.make_optimizer
     groups: Count | None = None
     precision: Precision = "auto"
     augment: str = "auto"
@@ -93,6 +95,18 @@ class TrainOptions(Validated):
         if model != "auto":
             parse_arch(ARCHS.get(model, model))  # a misspelt spec fails now, not mid-study
         return model
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum(cls, momentum: float) -> float:
+        """OneCycle swings the momentum `MOMENTUM_SWING` either side of this value, so a value
+        closer to 0 than that (other than 0 itself, plain SGD) would swing below 0."""
+        if 0 < momentum < MOMENTUM_SWING:
+            raise ConfigError(
+                "momentum",
+                f" must be 0 (plain SGD) or {MOMENTUM_SWING} to {MAX_MOMENTUM}, got {momentum}",
+            )
+        return momentum
 
     @model_validator(mode="after")
     def _stats_uncompiled(self) -> TrainOptions:

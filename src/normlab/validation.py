@@ -34,7 +34,7 @@ RANGES = {
     "lr": "one or more distinct positive numbers",
     "norm_batch": "one or more distinct positive integers",
     "precise_bn": "a number of batches, 0 or more",
-    "momentum": "a number in [0, 1)",
+    "momentum": "0 (plain SGD) or a number from 0.05 to 0.94",
     "l1": "a non-negative finite number",
     "l2": "a non-negative finite number",
 }

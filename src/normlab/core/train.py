@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlab.config import TrainOptions, Variant
+from normlab.config import MOMENTUM_SWING, TrainOptions, Variant
 from normlab.core.activations import ActivationProbe
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
@@ -89,7 +89,13 @@ def add_l1_grad(model: nn.Module, strength: float) -> None:
 def make_optimizer(
     model: nn.Module, variant: Variant, opts: TrainOptions, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with Nesterov momentum and a OneCycle schedule; weight decay = the variant's L2."""
+    """SGD with Nesterov momentum and a OneCycle schedule; weight decay = the variant's L2.
+
+    OneCycle moves the momentum against the learning rate: from `opts.momentum` +
+    `MOMENTUM_SWING` at the start, down to `opts.momentum` - `MOMENTUM_SWING` at the peak lr, and
+    back (0.95 to 0.85 for the default 0.9: OneCycleLR's own defaults, so every stored study
+    trains as before). Momentum 0 is plain SGD: no Nesterov and no cycling. (Rounding keeps
+    0.9 + 0.05 the float 0.95 that OneCycleLR's default is.)"""
     decayed = {id(w) for w in conv_weights(model)}
     groups = [
         {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": variant.l2},
@@ -106,6 +112,9 @@ def make_optimizer(
         anneal_strategy="linear",
         div_factor=10,
         final_div_factor=100,
+        cycle_momentum=opts.momentum > 0,
+        base_momentum=round(opts.momentum - MOMENTUM_SWING, 10),
+        max_momentum=round(opts.momentum + MOMENTUM_SWING, 10),
     )
     return opt, sched
 

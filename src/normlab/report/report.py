@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from normlab.atomic import write_atomic
+from normlab.config import MOMENTUM_SWING
 from normlab.errors import NormlabError
 from normlab.report.activations import activation_blocks
 from normlab.report.curves import plot_curves
@@ -32,7 +33,9 @@ def _optimizer(study: StoredStudy) -> str:
     t = study.config["train"]
     stored = {(v.batch_size, v.lr) for v in study.variants if v.batch_size is not None}
     pairs = sorted(stored) or [(t["batch_size"], t["lr"])]
-    sgd = f"SGD, Nesterov momentum {t['momentum']}, OneCycle"
+    m = t["momentum"]
+    swing = f"Nesterov momentum {m - MOMENTUM_SWING:g} to {m + MOMENTUM_SWING:g} (against the lr)"
+    sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle"
     if len(pairs) == 1:
         return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}"
     return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs)
