@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from normlab.config import (
     DEVICES,
+    MAX_MOMENTUM,
+    MOMENTUM_SWING,
     PRECISIONS,
     StudyConfig,
     TrainOptions,
@@ -71,7 +73,7 @@ train_options = st.builds(
     epochs=counts,
     batch_size=counts,
     lr=st.floats(min_value=1e-6, max_value=10, allow_nan=False),
-    momentum=st.floats(min_value=0, max_value=0.99),
+    momentum=st.just(0.0) | st.floats(min_value=MOMENTUM_SWING, max_value=MAX_MOMENTUM),
     groups=st.none() | st.integers(1, 64),
     precision=st.sampled_from(PRECISIONS),
     augment=st.sampled_from(["auto", "none", "crop+flip", *AUGMENT_STEPS]),

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from normlab.atomic import write_atomic
-from normlab.config import MOMENTUM_SWING
 from normlab.errors import NormlabError
 from normlab.report.activations import activation_blocks
 from normlab.report.curves import plot_curves
@@ -34,7 +33,7 @@ def _optimizer(study: StoredStudy) -> str:
     stored = {(v.batch_size, v.lr) for v in study.variants if v.batch_size is not None}
     pairs = sorted(stored) or [(t["batch_size"], t["lr"])]
     m = t["momentum"]
-    swing = f"Nesterov momentum {m - MOMENTUM_SWING:g} to {m + MOMENTUM_SWING:g} (against the lr)"
+    swing = f"Nesterov momentum around {m:g} (OneCycle moves it against the lr)"
     sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle"
     if len(pairs) == 1:
         return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}"
