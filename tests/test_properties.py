@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 
 from normlab.config import (
     DEVICES,
-    MAX_MOMENTUM,
-    MOMENTUM_SWING,
     PRECISIONS,
     StudyConfig,
     TrainOptions,
@@ -23,6 +21,7 @@ from normlab.config import (
 from normlab.core.augment import AUGMENT_STEPS
 from normlab.core.norms import NORMS
 from normlab.errors import NormlabError
+from normlab.validation import MAX_MOMENTUM, MOMENTUM_SWING
 
 strengths = st.one_of(
     st.just(0.0),

@@ -609,7 +609,17 @@ def test_momentum_setting_reaches_the_optimizer(momentum: float, start: float, p
     assert opt.param_groups[0]["nesterov"] == (momentum > 0)
 
 
+def test_default_momentum_cycle_is_onecycle_own():
+    """Not approximately: exactly the floats OneCycleLR used before the setting reached it, so a
+    stored study trains bit for bit as it did."""
+    opt, _ = make_optimizer(Net("gn"), Variant("gn"), TrainOptions(), 8)
+    group = opt.param_groups[0]
+    assert (group["max_momentum"], group["base_momentum"]) == (0.95, 0.85)
+
+
 @pytest.mark.parametrize("momentum", [0.01, 0.95, -0.1])
 def test_momentum_that_would_swing_out_of_range_is_refused(momentum: float):
-    with pytest.raises(NormlabError, match="momentum"):
+    with pytest.raises(
+        NormlabError, match=r"momentum must be 0 \(plain SGD\) or a number from 0.05 to 0.94"
+    ):
         TrainOptions(momentum=momentum)

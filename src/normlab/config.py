@@ -30,7 +30,18 @@ from normlab.core.models import ARCHS, check_network, parse_arch
 from normlab.core.norms import BATCH_DEPENDENT
 from normlab.data.named import INPUT_SHAPES
 from normlab.errors import NormlabError
-from normlab.validation import FILE_KEYS, STRICT, Axis, ConfigError, Count, Rate, Validated
+from normlab.validation import (
+    FILE_KEYS,
+    MAX_MOMENTUM,
+    MOMENTUM_SWING,
+    RANGES,
+    STRICT,
+    Axis,
+    ConfigError,
+    Count,
+    Rate,
+    Validated,
+)
 from normlab.variants import (
     DEFAULT_L1,
     DEFAULT_L2,
@@ -41,8 +52,6 @@ from normlab.variants import (
 )
 
 DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
-MOMENTUM_SWING = 0.05  # OneCycle's momentum: this far either side of `momentum`, against the lr
-MAX_MOMENTUM = 0.94  # so that the swing's top stays below 1
 PRECISE_BN_BATCHES = 32  # default of --precise-bn: 4,096 images at the default batch of 128
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -104,7 +113,7 @@ class TrainOptions(Validated):
         if 0 < momentum < MOMENTUM_SWING:
             raise ConfigError(
                 "momentum",
-                f" must be 0 (plain SGD) or {MOMENTUM_SWING} to {MAX_MOMENTUM}, got {momentum}",
+                f" must be {RANGES['momentum']}, got {momentum}",
             )
         return momentum
 

@@ -19,6 +19,8 @@ Strength = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # A grid axis arrives as a list (YAML, JSON) and is kept as a tuple; its items stay strict.
 Axis = Field(strict=False, min_length=1)
+MOMENTUM_SWING = 0.05  # OneCycle's momentum: this far either side of `momentum`, against the lr
+MAX_MOMENTUM = 0.94  # so that the swing's top stays below 1
 # What a value must be, by the setting's name, for range errors (type errors name the type).
 BOUNDS = ("ge", "gt", "le", "lt")
 RANGES = {
@@ -34,7 +36,7 @@ RANGES = {
     "lr": "one or more distinct positive numbers",
     "norm_batch": "one or more distinct positive integers",
     "precise_bn": "a number of batches, 0 or more",
-    "momentum": "0 (plain SGD) or a number from 0.05 to 0.94",
+    "momentum": f"0 (plain SGD) or a number from {MOMENTUM_SWING} to {MAX_MOMENTUM}",
     "l1": "a non-negative finite number",
     "l2": "a non-negative finite number",
 }

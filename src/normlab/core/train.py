@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlab.config import MOMENTUM_SWING, TrainOptions, Variant
+from normlab.config import TrainOptions, Variant
 from normlab.core.activations import ActivationProbe
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
@@ -37,6 +37,7 @@ from normlab.core.ghost import set_norm_batch
 from normlab.core.models import Net, choose_arch, count_params
 from normlab.core.records import EpochMetrics, RunResult
 from normlab.data import Dataset, batches, steps_per_epoch
+from normlab.validation import MOMENTUM_SWING
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
@@ -94,8 +95,7 @@ def make_optimizer(
     OneCycle moves the momentum against the learning rate: from `opts.momentum` +
     `MOMENTUM_SWING` at the start, down to `opts.momentum` - `MOMENTUM_SWING` at the peak lr, and
     back (0.95 to 0.85 for the default 0.9: OneCycleLR's own defaults, so every stored study
-    trains as before). Momentum 0 is plain SGD: no Nesterov and no cycling. (Rounding keeps
-    0.9 + 0.05 the float 0.95 that OneCycleLR's default is.)"""
+    trains as before). Momentum 0 is plain SGD: no Nesterov and no cycling."""
     decayed = {id(w) for w in conv_weights(model)}
     groups = [
         {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": variant.l2},
@@ -112,11 +112,20 @@ def make_optimizer(
         anneal_strategy="linear",
         div_factor=10,
         final_div_factor=100,
-        cycle_momentum=opts.momentum > 0,
-        base_momentum=round(opts.momentum - MOMENTUM_SWING, 10),
-        max_momentum=round(opts.momentum + MOMENTUM_SWING, 10),
+        **momentum_cycle(opts.momentum),
     )
     return opt, sched
+
+
+def momentum_cycle(momentum: float) -> dict:
+    """OneCycleLR's momentum arguments for `momentum` (see `make_optimizer`): no cycle for 0.
+    Rounding keeps 0.9 + 0.05 the float 0.95 that OneCycleLR's own default is."""
+    if momentum == 0:
+        return {"cycle_momentum": False}
+    return {
+        "base_momentum": round(momentum - MOMENTUM_SWING, 10),
+        "max_momentum": round(momentum + MOMENTUM_SWING, 10),
+    }
 
 
 def augmentation_for(dataset: Dataset, opts: TrainOptions) -> tuple[str, ...]:
