@@ -9,6 +9,7 @@ import contextlib
 import errno
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from normlab.core.models import Net
 from normlab.core.train import load_checkpoint, make_optimizer
 from normlab.data import MNIST_FILES
 from normlab.errors import NormlabError
+from normlab.run.executors import workers_ignore_ctrl_c
 from normlab.run.study import prepare_folder
 from normlab.store.results import load_state_dict, read_json, read_metrics, read_predictions
 from tests.conftest import (
@@ -113,6 +115,21 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
     assert "Traceback" not in err.decode()
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert not list(out.glob("*/seed0/run.json"))  # nothing ran on to its 50th epoch
+
+
+def test_ctrl_c_while_workers_spawn_is_held_not_lost():
+    """Ctrl-C that lands while the pool's workers are being spawned stops the driver once they
+    are out, and the workers started in that window never see it: ignoring SIGINT there (as the
+    driver once did) dropped it, and an interrupted study trained on to its end."""
+    ctx = multiprocessing.get_context("spawn")
+    with pytest.raises(KeyboardInterrupt), workers_ignore_ctrl_c():
+        worker = ctx.Process(target=time.sleep, args=(3,))
+        worker.start()
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal sends it, to the driver too
+        os.kill(worker.pid, signal.SIGINT)
+        time.sleep(0.2)  # a signal that is not held is handled by now
+    worker.join()
+    assert worker.exitcode == 0  # slept its 3 s through the interrupt
 
 
 @pytest.mark.slow

@@ -159,19 +159,29 @@ def auto_workers(runs: int, cores: int) -> int:
 
 @contextmanager
 def workers_ignore_ctrl_c() -> Iterator[None]:
-    """SIGINT ignored while the pool's workers are spawned (each `submit` starts one until the
-    pool is full), so they are born ignoring it and keep ignoring it: Ctrl-C in a terminal
-    reaches every process of the group, and a worker that took it would print its own
-    traceback, hand the KeyboardInterrupt back as a run's result and start the next queued run.
-    The driver alone decides what an interrupt stops (`stop_pool`)."""
+    """SIGINT held back while the pool's workers are spawned (each `submit` starts one until
+    the pool is full). Ctrl-C in a terminal reaches every process of the group, and a worker
+    that took it would print its own traceback, hand the KeyboardInterrupt back as a run's
+    result and start the next queued run: the driver alone decides what an interrupt stops
+    (`stop_pool`). So the signal is blocked, not ignored: the workers inherit the block and
+    never take it, while the driver gets a Ctrl-C pressed in the window as soon as it ends
+    (ignoring it there dropped it, and the study trained on). Where there are no signal masks
+    (Windows), the workers are started with SIGINT ignored, which they keep."""
     if threading.current_thread() is not threading.main_thread():  # signals are main-thread only
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "pthread_sigmask"):
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
