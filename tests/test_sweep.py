@@ -31,13 +31,12 @@ from normlab.run.executors import (
     AutoExecutor,
     LocalExecutor,
     PoolExecutor,
-    RayExecutor,
     available_cores,
     make_executor,
-    ray_uses_gpu,
 )
 from normlab.run.jobs import Job
 from normlab.run.progress import Reporter
+from normlab.run.raycluster import RayExecutor, ray_uses_gpu
 from normlab.run.study import load_study_data, run_study
 from normlab.store.results import mean_ci, read_json, read_metrics, read_predictions
 from normlab.studyfile import load_study, parse_study, presets

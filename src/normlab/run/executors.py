@@ -1,10 +1,9 @@
-"""Where runs execute: in this process, in a pool of local processes, or as Ray tasks.
+"""Where runs execute: in this process, in a pool of local processes, or as Ray tasks
+(`raycluster`), as the CLI's flags choose (`make_executor`).
 
 Every executor gets the same list of jobs and the already loaded dataset, trains each job with
 `train_run`, and hands each `RunResult` (metrics, state_dict, predictions) back to the driver's
-`on_done`, which writes the study folder. Workers never write results themselves, so a Ray
-cluster needs no shared filesystem: the dataset travels through Ray's object store and the
-results come back the same way.
+`on_done`, which writes the study folder. Workers never write results themselves.
 
 A run that fails in a pool or on Ray does not cost the others: every result that arrives is
 written, and the failures are raised together at the end as one NormlabError, so rerunning the
@@ -15,17 +14,15 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from multiprocessing import forkserver, resource_tracker
+from multiprocessing.context import BaseContext
 from multiprocessing.queues import Queue
-from pathlib import Path
-from types import ModuleType
 
 import torch
 
-from normlab.config import RunSpec
 from normlab.core.device import available_cores, resolve_device
 from normlab.core.records import RunResult
 from normlab.core.train import train_run
@@ -33,6 +30,7 @@ from normlab.data import Dataset, steps_per_epoch
 from normlab.errors import NormlabError
 from normlab.run.jobs import Collector, Executor, Job, OnDone
 from normlab.run.progress import Reporter
+from normlab.run.raycluster import RayExecutor
 
 
 class LocalExecutor(Executor):
@@ -107,6 +105,7 @@ class PoolExecutor(Executor):
         self.threads = threads or max(1, available_cores() // workers)
 
     def plan(self, runs: int, device: torch.device) -> int:
+        pool_context()  # the workers' parent starts importing torch while the data loads
         return self.threads
 
     def execute(
@@ -120,17 +119,16 @@ class PoolExecutor(Executor):
         dev = resolve_device(device)
         gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
         collector = Collector(len(data.train), reporter, on_done)
-        ctx = multiprocessing.get_context("spawn")  # fork after torch threads can deadlock
+        ctx = pool_context()
         epochs = ctx.Queue()
         by_path = {job.run.path: (job, job.done_epochs()) for job in jobs}
         init = (data.to("cpu"), self.threads, epochs)
         pool = ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init)
         try:
-            with workers_ignore_ctrl_c():
-                pending = {}
-                for i, job in enumerate(jobs):
-                    target = f"cuda:{i % gpus}" if gpus else str(dev)
-                    pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
+            pending = {}
+            for i, job in enumerate(jobs):
+                target = f"cuda:{i % gpus}" if gpus else str(dev)
+                pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 while not epochs.empty():
@@ -147,6 +145,28 @@ class PoolExecutor(Executor):
         collector.raise_failures(len(jobs))
 
 
+def pool_context() -> BaseContext:
+    """Where the pool's workers come from: a fork server with torch already imported, so each
+    worker starts in a fraction of a second instead of importing torch itself (about 5 s of CPU
+    each here, half of it `torch._dynamo`, which the first optimizer step imports). The server
+    forks before any tensor work, so no torch thread pool is copied. Started once per process
+    and shared by every pool after it.
+
+    It starts with SIGINT blocked (`ctrl_c_held`), a mask every worker it forks inherits: Ctrl-C
+    in a terminal reaches every process of the group, and a worker that took it would print its
+    own traceback, hand the KeyboardInterrupt back as a run's result and start the next queued
+    run. The driver alone decides what an interrupt stops (`stop_pool`). Where there is no fork
+    server (Windows), workers are spawned and take Ctrl-C themselves."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
+    resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
+    with ctrl_c_held():
+        forkserver.ensure_running()
+    return ctx
+
+
 def auto_workers(runs: int, cores: int) -> int:
     """How many single-threaded processes `--workers auto` starts for `runs` runs on `cores`
     cores: one per run, up to one more than the cores. The extra one is shared out by the
@@ -158,25 +178,11 @@ def auto_workers(runs: int, cores: int) -> int:
 
 
 @contextmanager
-def workers_ignore_ctrl_c() -> Iterator[None]:
-    """SIGINT held back while the pool's workers are spawned (each `submit` starts one until
-    the pool is full). Ctrl-C in a terminal reaches every process of the group, and a worker
-    that took it would print its own traceback, hand the KeyboardInterrupt back as a run's
-    result and start the next queued run: the driver alone decides what an interrupt stops
-    (`stop_pool`). So the signal is blocked, not ignored: the workers inherit the block and
-    never take it, while the driver gets a Ctrl-C pressed in the window as soon as it ends
-    (ignoring it there dropped it, and the study trained on). Where there are no signal masks
-    (Windows), the workers are started with SIGINT ignored, which they keep."""
-    if threading.current_thread() is not threading.main_thread():  # signals are main-thread only
-        yield
-        return
-    if not hasattr(signal, "pthread_sigmask"):
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        return
+def ctrl_c_held() -> Iterator[None]:
+    """SIGINT blocked in this thread, so a process started meanwhile inherits the mask and
+    never takes it. This process does not lose a Ctrl-C pressed in the window: another of its
+    threads takes it, or this one as the window ends. (Ignoring the signal instead would drop
+    it: the driver once did, and an interrupted study trained on to its end.)"""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
@@ -228,92 +234,6 @@ class AutoExecutor(Executor):
     ) -> None:
         executor = self.pool or LocalExecutor()
         return executor.execute(jobs, data, device, reporter, on_done)
-
-
-def _import_ray() -> ModuleType:
-    try:
-        import ray
-    except ImportError:
-        raise NormlabError(
-            'Ray is not installed; pip install "normlab[ray]" to run sweeps on a Ray cluster'
-        ) from None
-    return ray
-
-
-def _ray_run(run: RunSpec, data: Dataset, device: str, threads: int) -> RunResult:
-    """A Ray task: train one run on the worker and return its result to the driver."""
-    torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    return train_run(run.variant, run.seed, data.to(dev), run.train, dev)
-
-
-def ray_uses_gpu(device: str, cluster_gpus: float) -> bool:
-    """Whether Ray tasks take a GPU: for `cuda` always, for `auto` when the cluster has one,
-    for `cpu` never (the user asked for it, GPUs or not)."""
-    if device == "cuda" and cluster_gpus <= 0:
-        raise NormlabError(
-            "--device cuda asked for, but the Ray cluster has no GPU; use --device cpu or auto"
-        )
-    return device == "cuda" or (device == "auto" and cluster_gpus > 0)
-
-
-class RayExecutor(Executor):
-    """Each run a Ray task needing 1 GPU (see `ray_uses_gpu`) or `cpus` CPUs. Unfinished runs
-    restart from their beginning: checkpoints would live on the worker, and the driver skips
-    only runs it has written."""
-
-    def __init__(self, address: str, cpus: int = 1) -> None:
-        if cpus < 1:
-            raise NormlabError(f"--cpus-per-run must be a positive integer, got {cpus}")
-        self.address, self.cpus = address, cpus
-
-    def plan(self, runs: int, device: torch.device) -> int:
-        return self.cpus
-
-    def execute(
-        self,
-        jobs: Sequence[Job],
-        data: Dataset,
-        device: str,
-        reporter: Reporter,
-        on_done: OnDone,
-    ) -> None:
-        ray = _import_ray()
-        # Workers import normlab from wherever the driver found it, unless told otherwise.
-        src = str(Path(__file__).resolve().parents[2])
-        env = {"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": str(self.cpus)}}
-        try:
-            ray.init(address=self.address, runtime_env=env, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise NormlabError(
-                f"cannot connect to the Ray cluster at {self.address!r} ({exc}); start one with "
-                "'ray start --head' or pass its address as --ray-address HOST:PORT"
-            ) from None
-        collector = Collector(len(data.train), reporter, on_done)
-
-        def fetch(ref: object) -> RunResult:
-            """The task's result; a task's error becomes its cause, without the worker's
-            traceback that Ray folds into the message."""
-            try:
-                return ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                raise exc.cause from None
-
-        try:
-            gpu = ray_uses_gpu(device, ray.cluster_resources().get("GPU", 0))
-            task = ray.remote(_ray_run).options(
-                num_cpus=1 if gpu else self.cpus, num_gpus=1 if gpu else 0, max_retries=1
-            )
-            data_ref = ray.put(data.to("cpu"))
-            target = "cuda" if gpu else "cpu"
-            pending = {task.remote(j.run, data_ref, target, self.cpus): j for j in jobs}
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    collector.take(pending.pop(ref), lambda r=ref: fetch(r))
-        finally:
-            ray.shutdown()
-        collector.raise_failures(len(jobs))
 
 
 def make_executor(
