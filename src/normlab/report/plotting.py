@@ -73,6 +73,7 @@ def save_figure(fig: Figure, path: Path, formats: tuple[str, ...] = FORMATS) -> 
         buf = io.BytesIO()
         fig.savefig(buf, format=p.suffix[1:], dpi=120)
         write_atomic(p, buf.getvalue())
+        fig.set_layout_engine("none")  # laid out once: the next format reuses the positions
     for fmt in set(FORMATS) - set(formats):
         path.with_suffix(f".{fmt}").unlink(missing_ok=True)
     pyplot().close(fig)
