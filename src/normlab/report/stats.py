@@ -1,7 +1,8 @@
 """Statistics for findings: seed spread, intervals, and tests of whether variants differ.
 
 With a handful of seeds the spread is itself uncertain, so intervals use Student's t rather
-than the normal approximation.
+than the normal approximation. scipy.stats is imported by the functions that use it: it takes
+about 1.5 s, which every `normlab` command would otherwise pay at start-up, before any training.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 from normlab.errors import NormlabError
 
@@ -38,6 +38,8 @@ def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[floa
     Wilson's interval stays inside [0, 100] and is accurate near the ceiling, where MNIST lives
     (the normal approximation is not).
     """
+    from scipy import stats as sps
+
     if total < 1:
         return math.nan, math.nan
     ci = sps.binomtest(correct, total).proportion_ci(confidence_level=level, method="wilson")
@@ -52,6 +54,8 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> PairTest:
     two-sided binomial test of b successes in b + c trials. Pairing removes the variation due to
     which images are hard, so it detects smaller differences than comparing two accuracies.
     """
+    from scipy import stats as sps
+
     correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if correct_a.shape != correct_b.shape:
         raise NormlabError(
@@ -72,6 +76,8 @@ def seeds_test(acc_a: Sequence[float], acc_b: Sequence[float]) -> PairTest:
     order (the seed drives both), so the per-seed differences are the natural pairs. With
     identical differences there is no spread to test against: p is nan, not 0.
     """
+    from scipy import stats as sps
+
     if len(acc_a) != len(acc_b) or len(acc_a) < 2:
         raise NormlabError(
             "a test across seeds needs the same seeds (at least 2) for both variants; "

@@ -146,11 +146,12 @@ class PoolExecutor(Executor):
 
 
 def pool_context() -> BaseContext:
-    """Where the pool's workers come from: a fork server with torch already imported, so each
-    worker starts in a fraction of a second instead of importing torch itself (about 5 s of CPU
-    each here, half of it `torch._dynamo`, which the first optimizer step imports). The server
-    forks before any tensor work, so no torch thread pool is copied. Started once per process
-    and shared by every pool after it.
+    """Where the pool's workers come from: a fork server that has imported torch, this module
+    and the driver's main module, so each worker starts in a fraction of a second instead of
+    importing them itself (about 5 s of CPU each here, half of it `torch._dynamo`, which the
+    first optimizer step imports; and a worker re-imports the `normlab` script, the whole
+    command line, unless its server did). The server forks before any tensor work, so no torch
+    thread pool is copied. Started once per process and shared by every pool after it.
 
     It starts with SIGINT blocked (`ctrl_c_held`), a mask every worker it forks inherits: Ctrl-C
     in a terminal reaches every process of the group, and a worker that took it would print its
@@ -160,7 +161,7 @@ def pool_context() -> BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
+    ctx.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
     resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
     with ctrl_c_held():
         forkserver.ensure_running()

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
 from normlab.core.records import STAT_NAMES, ActivationStats, EpochMetrics, RunResult
 from normlab.errors import NormlabError
@@ -59,6 +58,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
         return mean, math.nan, math.nan
     # The standard t's interval, scaled by the standard error: scipy's own loc/scale form
     # returns nan for a zero scale, and identical seeds have an interval, of width 0.
+    from scipy import stats as sps  # ~1.5 s to import: only studies with several seeds pay it
+
     sem = statistics.stdev(values) / math.sqrt(len(values))
     lo, hi = sps.t.interval(level, len(values) - 1)
     return mean, float(mean + sem * lo), float(mean + sem * hi)
