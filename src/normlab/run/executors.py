@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -68,8 +70,11 @@ _worker_epochs: Queue | None = None
 
 def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
     """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
-    every finished epoch to `epochs`, so the driver's progress moves while runs are going."""
+    every finished epoch to `epochs`, so the driver's progress moves while runs are going. It
+    ignores Ctrl-C, which the driver alone acts on (`stop_pool`): a worker forked from the fork
+    server has SIGINT blocked already (`pool_context`), a spawned one is covered from here on."""
     global _worker_data, _worker_epochs
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker_data, _worker_epochs = data, epochs
 
@@ -105,7 +110,6 @@ class PoolExecutor(Executor):
         self.threads = threads or max(1, available_cores() // workers)
 
     def plan(self, runs: int, device: torch.device) -> int:
-        pool_context()  # the workers' parent starts importing torch while the data loads
         return self.threads
 
     def execute(
@@ -125,10 +129,11 @@ class PoolExecutor(Executor):
         init = (data.to("cpu"), self.threads, epochs)
         pool = ProcessPoolExecutor(self.workers, ctx, initializer=_pool_init, initargs=init)
         try:
-            pending = {}
-            for i, job in enumerate(jobs):
-                target = f"cuda:{i % gpus}" if gpus else str(dev)
-                pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
+            with ctrl_c_deferred():  # stop_pool must know every worker it has to end
+                pending = {}
+                for i, job in enumerate(jobs):
+                    target = f"cuda:{i % gpus}" if gpus else str(dev)
+                    pending[pool.submit(_pool_run, job, target)] = by_path[job.run.path]
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 while not epochs.empty():
@@ -146,22 +151,25 @@ class PoolExecutor(Executor):
 
 
 def pool_context() -> BaseContext:
-    """Where the pool's workers come from: a fork server that has imported torch, this module
-    and the driver's main module, so each worker starts in a fraction of a second instead of
-    importing them itself (about 5 s of CPU each here, half of it `torch._dynamo`, which the
-    first optimizer step imports; and a worker re-imports the `normlab` script, the whole
-    command line, unless its server did). The server forks before any tensor work, so no torch
-    thread pool is copied. Started once per process and shared by every pool after it.
+    """Where the pool's workers come from. On Linux, a fork server that has imported torch,
+    `torch._dynamo` (which the first optimizer step imports) and the command line, so each
+    worker starts in a fraction of a second instead of importing them itself: about 5 s of CPU
+    each here, and a worker of the `normlab` script re-runs the script's imports as its
+    `__main__`, which then finds them loaded. The server imports no user code and does no
+    tensor work, so it forks no CUDA context and no thread pool. Python starts one fork server
+    per process: a program that already runs one shares it, with its own preloads. Elsewhere
+    (macOS, where forking after system frameworks load is unsafe, and Windows), workers are
+    spawned and import everything themselves.
 
-    It starts with SIGINT blocked (`ctrl_c_held`), a mask every worker it forks inherits: Ctrl-C
-    in a terminal reaches every process of the group, and a worker that took it would print its
-    own traceback, hand the KeyboardInterrupt back as a run's result and start the next queued
-    run. The driver alone decides what an interrupt stops (`stop_pool`). Where there is no fork
-    server (Windows), workers are spawned and take Ctrl-C themselves."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    The server starts with SIGINT blocked (`ctrl_c_held`), a mask every worker it forks
+    inherits: Ctrl-C in a terminal reaches every process of the group, and a worker that took
+    it would print its own traceback, hand the KeyboardInterrupt back as a run's result and
+    start the next queued run. The driver alone decides what an interrupt stops (`stop_pool`).
+    """
+    if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
+    ctx.set_forkserver_preload(["normlab.cli", __name__, "torch._dynamo"])
     resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
     with ctrl_c_held():
         forkserver.ensure_running()
@@ -184,11 +192,31 @@ def ctrl_c_held() -> Iterator[None]:
     never takes it. This process does not lose a Ctrl-C pressed in the window: another of its
     threads takes it, or this one as the window ends. (Ignoring the signal instead would drop
     it: the driver once did, and an interrupted study trained on to its end.)"""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C noted, not raised, until the block ends, then raised. Starting a pool worker is
+    not atomic: interrupted between the fork and the pool's record of the process, the worker
+    would live on unseen by `stop_pool`, waiting for work, and keep the driver's output pipes
+    open after it exits. Signal handlers are the main thread's; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -223,7 +251,7 @@ class AutoExecutor(Executor):
             self.pool = None
             return super().plan(runs, device)
         self.pool = PoolExecutor(auto_workers(runs, cores), threads=1)
-        return 1
+        return self.pool.plan(runs, device)
 
     def execute(
         self,

@@ -56,10 +56,10 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan, math.nan
+    from scipy import stats as sps  # ~1.5 s to import: not at start-up, where nothing needs it
+
     # The standard t's interval, scaled by the standard error: scipy's own loc/scale form
     # returns nan for a zero scale, and identical seeds have an interval, of width 0.
-    from scipy import stats as sps  # ~1.5 s to import: only studies with several seeds pay it
-
     sem = statistics.stdev(values) / math.sqrt(len(values))
     lo, hi = sps.t.interval(level, len(values) - 1)
     return mean, float(mean + sem * lo), float(mean + sem * hi)
