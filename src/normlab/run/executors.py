@@ -182,7 +182,7 @@ def auto_workers(runs: int, cores: int) -> int:
     cores, so a study of three runs on two cores does not end with one run training alone while
     a core idles (2 min 18 s, against 3 min 6 s for one process with two threads running them
     in turn: docs/results/timings/workers-auto.txt); more runs wait for a free process, since
-    every process holds its own copy of torch and of the data."""
+    every process holds its own copy of the data and its own torch state."""
     return min(runs, cores + 1)
 
 
