@@ -149,7 +149,16 @@ def test_pool_workers_never_take_ctrl_c():
     assert worker.exitcode == 0  # slept its 3 s through the interrupt
 
 
-def test_ctrl_c_held_for_the_fork_server_start_is_delivered_when_it_ends():
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own SIGINT handler for the test, whatever the runner had (a pytest started in
+    the background of a script has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_held_for_the_fork_server_start_is_delivered_when_it_ends(default_ctrl_c):
     """A Ctrl-C held while the fork server starts (so that the server inherits the mask) waits
     in the kernel and reaches this thread as the window ends: ignoring it there, as the driver
     once did, dropped it, and an interrupted study trained on to its end."""
@@ -162,10 +171,10 @@ def test_ctrl_c_held_for_the_fork_server_start_is_delivered_when_it_ends():
     assert pending_inside
 
 
-def test_ctrl_c_while_pool_workers_start_is_raised_once_they_are_all_recorded():
+def test_ctrl_c_deferred_is_raised_when_the_block_ends(default_ctrl_c):
     """While the pool's workers start, Ctrl-C is noted and raised when the block ends, so
     `stop_pool` sees every worker; before, it could land between a worker's fork and the pool's
-    record of it, and that worker outlived the driver."""
+    record of it, and that worker outlived the driver. The handler comes back as it was."""
     reached_end = False
     with pytest.raises(KeyboardInterrupt), ctrl_c_deferred():
         os.kill(os.getpid(), signal.SIGINT)
@@ -173,6 +182,18 @@ def test_ctrl_c_while_pool_workers_start_is_raised_once_they_are_all_recorded():
         reached_end = True
     assert reached_end
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_deferred_leaves_an_ignored_ctrl_c_ignored():
+    """A study started with SIGINT ignored (in the background of a script) stays deaf to it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow

@@ -70,9 +70,10 @@ _worker_epochs: Queue | None = None
 
 def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
     """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
-    every finished epoch to `epochs`, so the driver's progress moves while runs are going. It
-    ignores Ctrl-C, which the driver alone acts on (`stop_pool`): a worker forked from the fork
-    server has SIGINT blocked already (`pool_context`), a spawned one is covered from here on."""
+    every finished epoch to `epochs`, so the driver's progress moves while runs are going (the
+    data is not copied: torch pickles CPU tensors into shared memory). It ignores Ctrl-C, which
+    the driver alone acts on (`stop_pool`): a worker of the fork server `pool_context` started
+    has SIGINT blocked already, any other is covered from here on."""
     global _worker_data, _worker_epochs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
@@ -173,6 +174,9 @@ def pool_context() -> BaseContext:
     resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
     with ctrl_c_held():
         forkserver.ensure_running()
+    ready = ctx.Process(target=int)  # waits out the server's imports while Ctrl-C still works
+    ready.start()
+    ready.join()
     return ctx
 
 
@@ -182,7 +186,7 @@ def auto_workers(runs: int, cores: int) -> int:
     cores, so a study of three runs on two cores does not end with one run training alone while
     a core idles (2 min 18 s, against 3 min 6 s for one process with two threads running them
     in turn: docs/results/timings/workers-auto.txt); more runs wait for a free process, since
-    every process holds its own copy of the data and its own torch state."""
+    every process adds its own torch state and memory."""
     return min(runs, cores + 1)
 
 
@@ -202,20 +206,26 @@ def ctrl_c_held() -> Iterator[None]:
 
 @contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Ctrl-C noted, not raised, until the block ends, then raised. Starting a pool worker is
-    not atomic: interrupted between the fork and the pool's record of the process, the worker
-    would live on unseen by `stop_pool`, waiting for work, and keep the driver's output pipes
-    open after it exits. Signal handlers are the main thread's; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
+    """Ctrl-C noted, not acted on, until the block ends, then handed to the handler that was
+    there before (Python's default raises KeyboardInterrupt). Starting a pool worker is not
+    atomic: interrupted between the fork and the pool's record of the process, the worker would
+    live on unseen by `stop_pool`, waiting for work, and keep the driver's output pipes open
+    after it exits. Nothing changes outside the main thread (signal handlers are its own) or
+    where SIGINT is ignored or handled outside Python."""
+    previous = signal.getsignal(signal.SIGINT)
+    main = threading.current_thread() is threading.main_thread()
+    if not main or previous in (signal.SIG_IGN, None):
         yield
         return
     noted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if noted:
+    if noted and callable(previous):
+        previous(signal.SIGINT, None)
+    elif noted:  # SIG_DFL: the process would have ended; end the study as an interrupt does
         raise KeyboardInterrupt
 
 
