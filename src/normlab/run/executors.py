@@ -69,9 +69,9 @@ _worker_epochs: Queue | None = None
 
 
 def _pool_init(data: Dataset, threads: int, epochs: Queue) -> None:
-    """Each pool worker keeps one copy of the dataset, trains on `threads` threads and sends
-    every finished epoch to `epochs`, so the driver's progress moves while runs are going (the
-    data is not copied: torch pickles CPU tensors into shared memory). It ignores Ctrl-C, which
+    """Each pool worker holds the dataset, trains on `threads` threads and sends every finished
+    epoch to `epochs`, so the driver's progress moves while runs are going (the data is not
+    copied: torch pickles CPU tensors into shared memory). It ignores Ctrl-C, which
     the driver alone acts on (`stop_pool`): a worker of the fork server `pool_context` started
     has SIGINT blocked already, any other is covered from here on."""
     global _worker_data, _worker_epochs
