@@ -98,6 +98,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def interruptible() -> None:
+    """In a child before it runs normlab: SIGINT at its default, which Python turns into
+    KeyboardInterrupt. A child inherits an ignored SIGINT, and Python leaves it ignored: a
+    pytest started in the background of a script has it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def gone_soon(pids: list[int], seconds: float = 10) -> bool:
     """Whether every one of `pids` ends within `seconds`. The fork server ends on its own once
     the driver has gone, and the end of its exit can come after the test has woken: closing
@@ -126,6 +133,7 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=interruptible,
     )
     procs: list[int] = []  # the fork server and the workers
     try:
@@ -154,6 +162,26 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
     assert not running  # the driver waits for its workers' ends before it exits
     assert server_gone, "the fork server outlived the driver by more than 10 s"
     assert not list(out.glob("*/seed0/run.json"))  # nothing ran on to its 50th epoch
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path):
+    """Ctrl-C in the first seconds, while the command line and torch are still importing, ends
+    as one line and status 130, like one later on: it used to end in a KeyboardInterrupt
+    traceback from the middle of an import."""
+    out = tmp_path / "study"
+    proc = subprocess.Popen(
+        normlab_cmd("run", "--data-dir", tmp_path / "data", "--out", out),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
+    )
+    time.sleep(0.3)  # past the interpreter's own start, well inside the imports (3 to 5 s here)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.decode() == "normlab: interrupted while starting; nothing ran\n"
+    assert not out.exists()
 
 
 @pytest.mark.slow
