@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -89,6 +90,14 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def parent(pid: int) -> int | None:
+    """`pid`'s parent process; None once it has ended."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        return None
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` still runs: gone, or a zombie its (re)parent has not reaped, is not."""
     try:
@@ -96,13 +105,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-def interruptible() -> None:
-    """In a child before it runs normlab: SIGINT at its default, which Python turns into
-    KeyboardInterrupt. A child inherits an ignored SIGINT, and Python leaves it ignored: a
-    pytest started in the background of a script has it so."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def gone_soon(pids: list[int], seconds: float = 10) -> bool:
@@ -120,7 +122,9 @@ def gone_soon(pids: list[int], seconds: float = 10) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["workers starting", "runs training"])
-def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path, when: str):
+def test_ctrl_c_stops_a_pool_of_workers_at_once(
+    mnist_dir: Path, tmp_path: Path, when: str, default_ctrl_c: None
+):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends the running runs
     and the queued ones with one line, whether the workers are still starting or training: the
     pool used to wait for every submitted run, so an interrupted sweep went on training."""
@@ -133,7 +137,6 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job
-        preexec_fn=interruptible,
     )
     procs: list[int] = []  # the fork server and the workers
     try:
@@ -145,12 +148,12 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
         while not started() and proc.poll() is None:
             time.sleep(0.05)
         procs = descendants(proc.pid)
-        info = {pid: cmdline(pid) for pid in procs}
+        server = [pid for pid in procs if parent(pid) == proc.pid]  # workers are its children
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         # looked at before the clean-up below kills what is left
-        server = [pid for pid in procs if b"multiprocessing.forkserver" in info[pid]]
-        running = {pid: info[pid] for pid in procs if pid not in server and alive(pid)}
+        assert len(server) == 1, server
+        running = [pid for pid in procs if pid not in server and alive(pid)]
         server_gone = gone_soon(server)
     finally:
         for pid in [proc.pid, *procs]:  # a failing run must not leave workers training
@@ -164,19 +167,29 @@ def test_ctrl_c_stops_a_pool_of_workers_at_once(mnist_dir: Path, tmp_path: Path,
     assert not list(out.glob("*/seed0/run.json"))  # nothing ran on to its 50th epoch
 
 
-def test_ctrl_c_while_starting_is_one_line(tmp_path: Path):
+def loaded(pid: int, library: str) -> bool:
+    """Whether process `pid` has mapped a file whose path contains `library`."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except FileNotFoundError:  # ended
+        return False
+
+
+@pytest.mark.parametrize("entry", ["python -m normlab", "normlab script"])
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path, entry: str, default_ctrl_c: None):
     """Ctrl-C in the first seconds, while the command line and torch are still importing, ends
     as one line and status 130, like one later on: it used to end in a KeyboardInterrupt
-    traceback from the middle of an import."""
+    traceback from the middle of an import. Both ways in: the console script is the one users
+    run, `python -m normlab` the one the other tests do."""
+    script = Path(sys.executable).with_name("normlab")
+    if entry == "normlab script" and not script.exists():
+        pytest.skip("normlab is not installed as a script beside this Python")
     out = tmp_path / "study"
-    proc = subprocess.Popen(
-        normlab_cmd("run", "--data-dir", tmp_path / "data", "--out", out),
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=interruptible,
-    )
-    time.sleep(0.3)  # past the interpreter's own start, well inside the imports (3 to 5 s here)
+    args = ["run", "--data-dir", tmp_path / "data", "--out", out]
+    cmd = normlab_cmd(*args) if entry == "python -m normlab" else [str(script), *map(str, args)]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not loaded(proc.pid, "torch/_C") and proc.poll() is None:  # torch's import has begun
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -199,7 +212,9 @@ def test_pool_workers_never_take_ctrl_c():
 @pytest.fixture
 def default_ctrl_c():
     """Python's own SIGINT handler for the test, whatever the runner had (a pytest started in
-    the background of a script has SIGINT ignored)."""
+    the background of a script has SIGINT ignored). A child started meanwhile begins with
+    SIGINT at its default, which its Python turns into KeyboardInterrupt: an ignored SIGINT
+    would be inherited, and Python leaves it ignored."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)

@@ -8,6 +8,7 @@ nothing has run, so nothing is lost, and the interpreter's shutdown after a half
 torch sometimes ended the process by the signal itself instead (1 start in 10 here)."""
 
 import os
+import signal
 import sys
 
 
@@ -15,6 +16,7 @@ def main() -> None:
     try:
         from normlab.cli import main as cli_main
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line
         sys.stderr.write("normlab: interrupted while starting; nothing ran\n")
         sys.stderr.flush()
         os._exit(130)  # cli.INTERRUPTED, which is not imported yet

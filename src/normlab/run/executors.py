@@ -153,12 +153,13 @@ class PoolExecutor(Executor):
 
 def pool_context() -> BaseContext:
     """Where the pool's workers come from. On Linux, a fork server that has imported torch,
-    `torch._dynamo` (which the first optimizer step imports) and the command line, so each
+    `torch._dynamo` (which the first optimizer step imports) and the training code, so each
     worker starts in a fraction of a second instead of importing them itself: about 5 s of CPU
-    each here, and a worker of the `normlab` script re-runs the script's imports as its
-    `__main__`, which then finds them loaded. The server imports no user code and does no
-    tensor work, so it forks no CUDA context and no thread pool. Python starts one fork server
-    per process: a program that already runs one shares it, with its own preloads. Elsewhere
+    each here. (A worker re-runs the imports of the driver's script as its `__main__`: for the
+    `normlab` script, `normlab.__main__` alone, which imports nothing heavy at module level.)
+    The server imports no user code and does no tensor work, so it forks no CUDA context and
+    no thread pool. Python starts one fork server per process: a program that already runs one
+    shares it, with its own preloads. Elsewhere
     (macOS, where forking after system frameworks load is unsafe, and Windows), workers are
     spawned and import everything themselves.
 
@@ -170,7 +171,7 @@ def pool_context() -> BaseContext:
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["normlab.cli", __name__, "torch._dynamo"])
+    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
     resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
     with ctrl_c_held():
         forkserver.ensure_running()
