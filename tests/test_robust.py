@@ -90,21 +90,25 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent, ...); none once
+    `pid` has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return []
+
+
 def parent(pid: int) -> int | None:
     """`pid`'s parent process; None once it has ended."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except FileNotFoundError:
-        return None
+    fields = stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def alive(pid: int) -> bool:
     """Whether `pid` still runs: gone, or a zombie its (re)parent has not reaped, is not."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    fields = stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def gone_soon(pids: list[int], seconds: float = 10) -> bool:

@@ -11,6 +11,8 @@ import os
 import signal
 import sys
 
+from normlab.errors import INTERRUPTED
+
 
 def main() -> None:
     try:
@@ -19,7 +21,7 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line
         sys.stderr.write("normlab: interrupted while starting; nothing ran\n")
         sys.stderr.flush()
-        os._exit(130)  # cli.INTERRUPTED, which is not imported yet
+        os._exit(INTERRUPTED)
     cli_main()
 
 

@@ -15,7 +15,7 @@ from typer.exceptions import TyperException
 
 from normlab.cli.commands import app
 from normlab.cli.display import err_console
-from normlab.errors import NormlabError
+from normlab.errors import INTERRUPTED, NormlabError
 
 __all__ = ["app", "main"]
 
@@ -46,9 +46,6 @@ def main() -> None:
     if code == INTERRUPTED:  # newer typer (0.29 here) turns Ctrl-C into this status itself
         interrupted()
     sys.exit(code or 0)
-
-
-INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 
 
 def interrupted() -> NoReturn:

@@ -159,9 +159,8 @@ def pool_context() -> BaseContext:
     `normlab` script, `normlab.__main__` alone, which imports nothing heavy at module level.)
     The server imports no user code and does no tensor work, so it forks no CUDA context and
     no thread pool. Python starts one fork server per process: a program that already runs one
-    shares it, with its own preloads. Elsewhere
-    (macOS, where forking after system frameworks load is unsafe, and Windows), workers are
-    spawned and import everything themselves.
+    shares it, with its own preloads. Elsewhere (macOS, where forking after system frameworks
+    load is unsafe, and Windows), workers are spawned and import everything themselves.
 
     The server starts with SIGINT blocked (`ctrl_c_held`), a mask every worker it forks
     inherits: Ctrl-C in a terminal reaches every process of the group, and a worker that took
