@@ -454,6 +454,10 @@ def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
     optimizer = dict(table.rows)["optimizer"]
     assert "batch size at peak lr: 2 at 0.00625, 4 at 0.0125" in optimizer
     assert "128" not in optimizer  # the old sweep form's unused train.batch_size
+    assert "cosine" not in optimizer
+    stored = read_study(sweep)
+    stored.config["train"]["anneal"] = "cos"
+    assert "OneCycle (cosine anneal); batch size" in dict(run_blocks(stored)[0].rows)["optimizer"]
 
 
 def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:

@@ -764,6 +764,28 @@ def test_default_momentum_cycle_is_onecycle_own():
     assert (group["max_momentum"], group["base_momentum"]) == (0.95, 0.85)
 
 
+def lr_curve(opts: TrainOptions, steps: int) -> list[float]:
+    """The lr of each of `steps` optimizer steps under `opts`."""
+    opt, sched = make_optimizer(Net("gn"), Variant("gn"), opts, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_cosine_anneal_reaches_the_schedule():
+    """`anneal: cos` changes the shape of the ramps and nothing else: the same start, peak
+    (at the same step) and end, but about 9% of the peak where three twentieths of the steps
+    are left (the default straight line: 20%)."""
+    line, cos = lr_curve(TrainOptions(), 400), lr_curve(TrainOptions(anneal="cos"), 400)
+    assert cos[0] == pytest.approx(line[0]) and cos[99] == pytest.approx(line[99]) == 0.1
+    assert line[340] == pytest.approx(0.02, rel=0.02)
+    assert cos[340] == pytest.approx(0.0093, abs=3e-4)
+    assert cos[-1] == pytest.approx(line[-1], rel=0.05)
+
+
 @pytest.mark.parametrize("momentum", [0.01, 0.95, -0.1])
 def test_momentum_that_would_swing_out_of_range_is_refused(momentum: float):
     with pytest.raises(

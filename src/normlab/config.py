@@ -55,6 +55,7 @@ DEFAULT_VARIANTS = ("gn", "ln", "bn+l1")
 PRECISE_BN_BATCHES = 32  # default of --precise-bn: 4,096 images at the default batch of 128
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
+Anneal = Literal["linear", "cos"]
 DEVICES: tuple[str, ...] = get_args(Device)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -79,6 +80,7 @@ class TrainOptions(Validated):
     batch_size: Count = 128
     lr: Rate = 0.1
     momentum: Annotated[float, Field(ge=0, le=MAX_MOMENTUM)] = 0.9  # core.train.make_optimizer
+    anneal: Anneal = "linear"  # OneCycle's fall from the peak lr (core.train.make_optimizer)
     groups: Count | None = None
     precision: Precision = "auto"
     augment: str = "auto"

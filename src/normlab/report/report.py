@@ -34,7 +34,8 @@ def _optimizer(study: StoredStudy) -> str:
     pairs = sorted(stored) or [(t["batch_size"], t["lr"])]
     m = t["momentum"]
     swing = f"Nesterov momentum around {m:g} (OneCycle moves it against the lr)"
-    sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle"
+    cosine = " (cosine anneal)" if t.get("anneal") == "cos" else ""
+    sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle{cosine}"
     if len(pairs) == 1:
         return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}"
     return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs)

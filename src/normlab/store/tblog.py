@@ -45,6 +45,7 @@ def hyperparameters(run: RunSpec) -> dict[str, float | int | str]:
         "batch_size": opts.batch_size,
         "lr": opts.lr,
         "momentum": opts.momentum,
+        "anneal": opts.anneal,
         "groups": opts.groups or 0,
     }
 
