@@ -1,7 +1,8 @@
 """The results table of a network search: one row per run of the given study folders.
 
 Each row names the network, its parameter count, the variant, the batch size, the peak
-learning rate, the augmentation, the seed, the test accuracy of the last three epochs
+learning rate, the shape of its ramps (`anneal`: linear, or cos; a study from before the setting
+existed ran linear), the augmentation, the seed, the test accuracy of the last three epochs
 (`--last`) and whether all of them reach the bar (99.4% by default: the course's tier for MNIST
 networks under 8,000 parameters; CIFAR-10's bar is 80% in the final epoch, `--bar 80 --last 1`).
 The rows come from the folders' own files (study.json, run.json, metrics.csv), so the table can
@@ -37,6 +38,7 @@ def rows(study: Path, bar: float, last_n: int) -> list[list[str]]:
                 path.rsplit("/", 1)[0],
                 str(train["batch_size"]),
                 f"{train['lr']:g}",
+                train.get("anneal", "linear"),
                 train["augment"],
                 str(run["config"]["seed"]),
                 " / ".join(f"{a:.2f}" for a in last),
@@ -53,7 +55,7 @@ def main() -> None:
     parser.add_argument("--bar", type=float, default=99.4, help="test accuracy %% to reach")
     parser.add_argument("--last", type=int, default=3, help="final epochs that must reach it")
     args = parser.parse_args()
-    header = ["network", "params", "variant", "batch", "lr", "augment", "seed"]
+    header = ["network", "params", "variant", "batch", "lr", "anneal", "augment", "seed"]
     header += [f"last {args.last} epoch{'s' if args.last > 1 else ''} %", "all >= bar", "study"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
