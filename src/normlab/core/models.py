@@ -38,9 +38,10 @@ from normlab.errors import NormlabError, first_line
 # Named specs, chosen for accuracy per FLOP on a CPU.
 # mnist (1x28x28, the default): pool after one full-resolution convolution, spend the channels
 #   at 12x12 and below where they are cheap (18,554 parameters).
-# mnist-8k (1x28x28): the same plan in 7,578 parameters, the best of the search for the
-#   course's under-8,000 tier in docs/results/mnist-8k; no recipe tried there holds 99.4% with
-#   every norm in every one of the last three epochs, so it is not the default.
+# mnist-8k (1x28x28): the same plan in 7,578 parameters, the best global-pooling network of the
+#   search for the course's under-8,000 tier in docs/results/mnist-8k; no recipe tried there
+#   holds 99.4% with every norm in every one of the last three epochs (nor with the H3 head the
+#   search came closest with), so it is not the default.
 # mnist-h3 (1x28x28): mnist read by an H3 head, its last width cut from 32 to 24 for the same
 #   budget (18,650 parameters). GroupNorm and LayerNorm learn far faster in their first epoch
 #   (docs/results/short-runs-h3), but after 20 epochs it ends no better than mnist and below
