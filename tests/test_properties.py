@@ -5,6 +5,7 @@ accept round-trips exactly."""
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from normlab.config import (
     DEVICES,
     PRECISIONS,
+    Anneal,
     StudyConfig,
     TrainOptions,
     Variant,
@@ -73,6 +75,7 @@ train_options = st.builds(
     batch_size=counts,
     lr=st.floats(min_value=1e-6, max_value=10, allow_nan=False),
     momentum=st.just(0.0) | st.floats(min_value=MOMENTUM_SWING, max_value=MAX_MOMENTUM),
+    anneal=st.sampled_from(get_args(Anneal)),
     groups=st.none() | st.integers(1, 64),
     precision=st.sampled_from(PRECISIONS),
     augment=st.sampled_from(["auto", "none", "crop+flip", *AUGMENT_STEPS]),

@@ -297,7 +297,7 @@ def test_tensorboard_events_read_back(tmp_path: Path, mnist_dir: Path) -> None:
 
     start = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
     hp = start.session_start_info.hparams
-    assert hp["variant"].string_value == "bn+l1"
+    assert hp["variant"].string_value == "bn+l1" and hp["anneal"].string_value == "linear"
     assert hp["batch_size"].number_value == 32
     assert math.isclose(hp["l1"].number_value, 1e-5)
 

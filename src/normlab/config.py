@@ -80,7 +80,7 @@ class TrainOptions(Validated):
     batch_size: Count = 128
     lr: Rate = 0.1
     momentum: Annotated[float, Field(ge=0, le=MAX_MOMENTUM)] = 0.9  # core.train.make_optimizer
-    anneal: Anneal = "linear"  # OneCycle's fall from the peak lr (core.train.make_optimizer)
+    anneal: Anneal = "linear"  # shape of both OneCycle lr ramps (core.train.make_optimizer)
     groups: Count | None = None
     precision: Precision = "auto"
     augment: str = "auto"

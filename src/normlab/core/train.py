@@ -99,8 +99,8 @@ def make_optimizer(
 
     The lr rises to its peak and falls from it along straight lines by default; `anneal: cos`
     (OneCycleLR's own default) makes both ramps half cosines, which stay longer near the peak
-    and enter the last three of 20 epochs at 9% of it (the line: 20%), so the accuracies of
-    those epochs differ less from the final one."""
+    and enter the last three of 20 epochs at about 10% of it (the line: 20%), meant to bring
+    the accuracies of those epochs closer to the final one."""
     decayed = {id(w) for w in conv_weights(model)}
     groups = [
         {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": variant.l2},
