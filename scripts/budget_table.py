@@ -19,18 +19,26 @@ from pathlib import Path
 from normlab.store.results import read_json, read_metrics
 
 
+def finished_runs(study: Path) -> list[tuple[str, dict, list[dict[str, float]]]]:
+    """(path, run.json, metrics rows) of each finished run of the study folder `study`, in the
+    study's order."""
+    out = []
+    for path in read_json(study / "study.json")["runs"]:
+        run_folder = study / path
+        if (run_folder / "run.json").exists():
+            out.append((path, read_json(run_folder / "run.json"), read_metrics(run_folder)))
+    return out
+
+
 def rows(study: Path, bar: float, last_n: int) -> list[list[str]]:
     """One table row per finished run of the study folder `study`."""
-    record = read_json(study / "study.json")
-    network = record["data"].get("network")  # recorded since the network could change
+    network = read_json(study / "study.json")["data"].get(
+        "network"
+    )  # recorded since it could change
     out = []
-    for path in record["runs"]:
-        run_folder = study / path
-        if not (run_folder / "run.json").exists():
-            continue
-        run = read_json(run_folder / "run.json")
+    for path, run, metrics in finished_runs(study):
         train = run["config"]["train"]
-        last = [m["test_acc"] for m in read_metrics(run_folder)[-last_n:]]
+        last = [m["test_acc"] for m in metrics[-last_n:]]
         out.append(
             [
                 f"`{network or train['model']}`",

@@ -739,6 +739,17 @@ def test_schedule_survives_tiny_runs(total_steps: int):
     assert all(0 < lr <= 0.1 for lr in used), used
 
 
+def schedule(opts: TrainOptions, steps: int, key: str = "lr") -> list[float]:
+    """The optimizer's `key` (lr or momentum) at each of `steps` steps under `opts`."""
+    opt, sched = make_optimizer(Net("gn"), Variant("gn"), opts, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0][key])
+        opt.step()
+        sched.step()
+    return seen
+
+
 @pytest.mark.parametrize(
     ("momentum", "start", "peak"), [(0.9, 0.95, 0.85), (0.5, 0.55, 0.45), (0, 0, 0)]
 )
@@ -746,13 +757,10 @@ def test_momentum_setting_reaches_the_optimizer(momentum: float, start: float, p
     """OneCycle used to overwrite any momentum with its own 0.85-0.95 cycle (a study file's
     `momentum: 0` still trained with momentum); now it swings around the setting, and 0 is
     plain SGD. The default's cycle is OneCycleLR's own, so stored studies train as before."""
-    opt, sched = make_optimizer(Net("gn"), Variant("gn"), TrainOptions(momentum=momentum), 8)
-    seen = []
-    for _ in range(8):
-        seen.append(opt.param_groups[0]["momentum"])
-        opt.step()
-        sched.step()
+    opts = TrainOptions(momentum=momentum)
+    seen = schedule(opts, 8, "momentum")
     assert seen[0] == pytest.approx(start) and min(seen) == pytest.approx(peak)
+    opt, _ = make_optimizer(Net("gn"), Variant("gn"), opts, 8)
     assert opt.param_groups[0]["nesterov"] == (momentum > 0)
 
 
@@ -764,22 +772,11 @@ def test_default_momentum_cycle_is_onecycle_own():
     assert (group["max_momentum"], group["base_momentum"]) == (0.95, 0.85)
 
 
-def lr_curve(opts: TrainOptions, steps: int) -> list[float]:
-    """The lr of each of `steps` optimizer steps under `opts`."""
-    opt, sched = make_optimizer(Net("gn"), Variant("gn"), opts, steps)
-    seen = []
-    for _ in range(steps):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seen
-
-
 def test_cosine_anneal_reaches_the_schedule():
     """`anneal: cos` changes the shape of the ramps and nothing else: the same start, peak
     (at the same step) and end, but about 9% of the peak where three twentieths of the steps
     are left (the default straight line: 20%)."""
-    line, cos = lr_curve(TrainOptions(), 400), lr_curve(TrainOptions(anneal="cos"), 400)
+    line, cos = schedule(TrainOptions(), 400), schedule(TrainOptions(anneal="cos"), 400)
     assert cos[0] == pytest.approx(line[0]) and cos[99] == pytest.approx(line[99]) == 0.1
     assert cos[25] < line[25]  # the warm-up is a half cosine too
     assert line[340] == pytest.approx(0.02, rel=0.02)
