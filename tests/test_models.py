@@ -39,7 +39,9 @@ def test_layer_summary_adds_up_to_the_parameter_count() -> None:
     assert rows[0].params == 16 * 1 * 3 * 3  # first conv: 16 filters of 1x3x3, no bias
 
 
-@pytest.mark.parametrize("spec", ["16 X", "-4", "0", "16 0v", "16vs", "16 s", "1.5", "16 MM"])
+@pytest.mark.parametrize(
+    "spec", ["16 X", "-4", "0", "16 0v", "16vs", "16 s", "1.5", "16 MM", "16 RN 8", "RN RN 8"]
+)
 def test_bad_architecture_token_is_a_user_error(spec: str) -> None:
     with pytest.raises(NormlabError, match="bad architecture token"):
         Net("bn", arch=spec)
@@ -88,7 +90,10 @@ def test_the_parameter_summary_shows_the_heads_pooling() -> None:
     ]
 
 
-@pytest.mark.parametrize("spec", ["16 H3 16", "16 H", "16 H0", "16 H3 H3", "16 H65"])
+@pytest.mark.parametrize(
+    "spec",
+    ["16 H3 16", "16 H", "16 H0", "16 H3 H3", "16 H65", "16 H3*0", "16 H3*-1", "16 H3*x", "16 H3*"],
+)
 def test_a_head_anywhere_but_last_or_of_size_0_is_a_user_error(spec: str) -> None:
     with pytest.raises(NormlabError, match=r"bad (architecture token|head)"):
         Net("bn", arch=spec)
@@ -97,6 +102,30 @@ def test_a_head_anywhere_but_last_or_of_size_0_is_a_user_error(spec: str) -> Non
 def test_pool_first_token_is_conv_pool_norm_relu() -> None:
     kinds = [type(m).__name__ for m in Net("ln", arch="8p 4").features][:4]
     assert kinds == ["Conv2d", "MaxPool2d", "GroupNorm", "ReLU"]
+
+
+def test_relu_first_blocks_are_conv_relu_norm_and_the_head_reads_normalized_values() -> None:
+    net = Net("ln", arch="RN 8p 4")
+    kinds = [type(m).__name__ for m in net.features]
+    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "GroupNorm", "Conv2d", "ReLU", "GroupNorm"]
+    assert count_params(net) == count_params(Net("ln", arch="8p 4"))  # only the order moves
+    with torch.no_grad():
+        out = net.features(torch.randn(3, 1, 28, 28))
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_readout_scale_multiplies_what_the_head_reads() -> None:
+    """`H3*0.5`: the same pooled layout as `H3`, times 0.5 before the head's weights, so a
+    network with the weights of an `H3` one gives the logits of half its pooled values."""
+    torch.manual_seed(0)
+    scaled = Net("gn", arch="4 M 6 H3*0.5")
+    plain = Net("gn", arch="4 M 6 H3")
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    cells = F.adaptive_avg_pool2d(plain.features(x), 3).flatten(1)
+    expected = 0.5 * cells @ plain.head.weight.flatten(1).T + plain.head.bias
+    torch.testing.assert_close(scaled(x), expected, rtol=1e-5, atol=1e-5)
+    assert "scale=0.5" in repr(scaled.pool) and "scale" not in repr(plain.pool)
 
 
 def test_pool_first_is_the_same_function_for_batchnorm_with_positive_scales() -> None:
@@ -124,10 +153,14 @@ def test_check_network_refuses_a_spec_that_pools_the_image_away() -> None:
 
 
 def test_check_network_uses_the_datasets_own_network() -> None:
-    """16 groups divide every width of the CIFAR network (32, 48), not the MNIST one's 24."""
-    check_network("auto", INPUT_SHAPES["cifar10"], ["gn"], 16)
-    with pytest.raises(NormlabError, match="does not divide 24"):
-        check_network("auto", INPUT_SHAPES["mnist"], ["gn"], 16)
+    """32 groups: the first width the MNIST network (16, 32, 48) refuses is 16, the CIFAR
+    one's (32, 48) is 48; 16 groups divide every width of both."""
+    for dataset in ("mnist", "cifar10"):
+        check_network("auto", INPUT_SHAPES[dataset], ["gn"], 16)
+    with pytest.raises(NormlabError, match="does not divide 16 channels"):
+        check_network("auto", INPUT_SHAPES["mnist"], ["gn"], 32)
+    with pytest.raises(NormlabError, match="does not divide 48 channels"):
+        check_network("auto", INPUT_SHAPES["cifar10"], ["gn"], 32)
     check_network("auto", None, ["gn"], 16)  # an image folder: checked once it has loaded
 
 

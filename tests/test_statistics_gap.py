@@ -55,8 +55,10 @@ def test_precise_bn_reproduces_a_full_pass_with_momentum_none(
 ) -> None:
     """`recompute_statistics` over 3 training batches equals a full pass of the same images
     through a copy whose layers average cumulatively (momentum None), one K-image chunk at a
-    time; for the first layer, that is the mean of the chunks' means and unbiased variances."""
-    opts = TrainOptions(batch_size=32, norm_batch=k)
+    time; for the first layer, that is the mean of the chunks' means and unbiased variances.
+    In fp32: on a CPU with fast bf16 `auto` would run the recomputation under bf16 autocast,
+    and the fp32 reference would differ by bf16's rounding, not by what is averaged."""
+    opts = TrainOptions(batch_size=32, norm_batch=k, precision="fp32")
     ctx = make_context(parse_variant(norm), 0, data, opts, CPU, total_steps=10)
     reference = copy.deepcopy(ctx.model)
     recompute_statistics(ctx, data, 3)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from normlab.config import TrainOptions, parse_variant
 from normlab.core.device import CPU_EVAL_BATCH, eval_batch_size
-from normlab.core.models import Net
+from normlab.core.models import Net, choose_arch
 from normlab.core.train import (
     add_l1_grad,
     build_model,
@@ -97,7 +97,7 @@ def test_build_model_draws_the_same_weights_and_leaves_the_global_rng_alone() ->
     model = build_model(parse_variant("gn"), data, opts, 5)
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(5)  # what build_model did before it stopped reseeding the global RNG
-    reference = Net("gn", 1, 10)
+    reference = Net("gn", 1, 10, arch=choose_arch(data.input_shape))
     assert model.state_dict().keys() == reference.state_dict().keys()
     for key, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], tensor), key

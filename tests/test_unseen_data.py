@@ -99,19 +99,33 @@ def test_precise_statistics_are_the_average_of_the_batch_statistics() -> None:
 def test_a_short_epoch_leaves_batch_norm_statistics_that_describe_the_data(mnist) -> None:
     """One epoch of 2,000 images is 15 steps of the default batch of 128: momentum 0.1 would
     leave BatchNorm's running statistics mostly at their initial (0, 1), and the test accuracy
-    below chance (12% before). Recomputed at the end of the short epoch, they describe the data."""
+    below chance (12% on the network that was the default then). Recomputed at the end of the
+    short epoch, they describe the data: the test accuracy is within half a point of what the
+    same weights give after precise BN over the training images."""
     data = mnist.head(2000, 2000)
     assert len(data.train) // TrainOptions().batch_size < SHORT_EPOCH
     result = train_run(parse_variant("bn"), 0, data, TrainOptions(epochs=1), torch.device("cpu"))
-    assert result.metrics[-1].test_acc > 40.0  # 53.7% measured; 12.2% without
+    gap = result.statistics_gap
+    assert gap.precise_batches > 0 and abs(gap.running_acc - gap.precise_acc) < 0.5, gap
     assert result.metrics[-1].test_acc > result.metrics[-1].train_acc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_one_epoch_of_2000_images_with_the_defaults_beats_90_percent(mnist, norm: str) -> None:
+    """The issue's bar, with every setting at its default (batch 128, peak lr 0.1, the network
+    `auto` picks, seed 0): 15 steps, then the full test set. bn 94.2, gn 92.3, ln 91.1% measured
+    here; the network that was the default before gave 54, 24 and 28%."""
+    data = mnist.head(2000, None)
+    result = train_run(parse_variant(norm), 0, data, TrainOptions(epochs=1), torch.device("cpu"))
+    assert result.metrics[-1].test_acc >= 90.0
 
 
 @pytest.mark.slow
 def test_glyph_folder_trains_with_the_defaults(tmp_path: Path, fonts) -> None:
     """The issue's bar on a folder normlab was not tuned on: 8,000 letter glyphs, bn and gn,
     5 epochs, every setting at its default: crop-only augmentation, stated in study.json, and
-    at least 90% each (97.6% and 95.3% measured at one thread; with flips, 80% and 62%)."""
+    at least 90% each (97.15% and 97.10% measured; with flips, 81.00% and 78.35%)."""
     root = tmp_path / "glyphs"
     render(root, "train", 8000)
     render(root, "test", 2000)
@@ -153,8 +167,9 @@ def test_only_short_epochs_recompute_batch_norm_statistics() -> None:
     data = Dataset("digits", split, split.head(64), list("0123456789"), (0.5,), (0.25,))
     cpu, bn = torch.device("cpu"), parse_variant("bn")
     short = train_run(bn, 0, data, TrainOptions(epochs=1, augment="none"), cpu)
-    assert short.state_dict["features.1.num_batches_tracked"].item() == 8
+    counts = [k for k in short.state_dict if k.endswith("num_batches_tracked")]
+    assert counts and all(short.state_dict[k].item() == 8 for k in counts)
     long = data.head(200, 64)
     opts = TrainOptions(epochs=1, batch_size=2, augment="none")  # 100 steps: not short
     trained = train_run(bn, 0, long, opts, cpu)
-    assert trained.state_dict["features.1.num_batches_tracked"].item() == SHORT_EPOCH
+    assert all(trained.state_dict[k].item() == SHORT_EPOCH for k in counts)
