@@ -1,6 +1,6 @@
 """Print the README's results table for a study folder, from its stored files only.
 
-    python docs/readme_table.py docs/results/mnist
+python docs/readme_table.py docs/results/mnist
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ def main(out: Path) -> None:
         rows = read_metrics(run_dir(out, v["name"], 0))
         last3 = " / ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
         per_epoch = sum(r["seconds"] for r in rows) / len(rows)
-        print(f"| {v['name']} | {v['params']:,} | {v['final_test_acc']:.2f} | {last3} | "
-              f"{v['best_test_acc']:.2f} ({v['best_epoch']:g}) | {per_epoch:.1f} |")
+        print(
+            f"| {v['name']} | {v['params']:,} | {v['final_test_acc']:.2f} | {last3} | "
+            f"{v['best_test_acc']:.2f} ({v['best_epoch']:g}) | {per_epoch:.1f} |"
+        )
 
 
 if __name__ == "__main__":
