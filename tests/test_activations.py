@@ -44,8 +44,9 @@ def test_the_measured_steps() -> None:
     assert probe_steps(1, first=True) == [0]
 
 
-def test_the_norm_layers_are_found_by_position() -> None:
-    """The module after each convolution, after its pooling in a `p` block, of any kind."""
+def test_the_norm_layers_are_found_where_the_network_put_them() -> None:
+    """The module after each convolution, after its pooling in a `p` block, of any kind; with
+    `RN`, the one after the ReLU."""
     layers = norm_layers(Net("none", arch="8 8p M 12t"))
     assert [label for label, _ in layers] == [
         "block 1: Identity, 8 ch",
@@ -55,6 +56,10 @@ def test_the_norm_layers_are_found_by_position() -> None:
     assert [label for label, _ in norm_layers(Net("frn", arch="8 8"))][1].startswith(
         "block 2: FilterResponseNormTlu2d"
     )
+    relu_first = norm_layers(Net("bn", arch="RN 8p 4"))  # conv, pool, ReLU, then the norm
+    labels = [label for label, _ in relu_first]
+    assert labels == ["block 1: BatchNorm2d, 8 ch", "block 2: BatchNorm2d, 4 ch"]
+    assert all(isinstance(layer, nn.BatchNorm2d) for _, layer in relu_first)
 
 
 def captured(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from normlab.cli import app
+from normlab.cli.bench import typical_model
+from normlab.config import TrainOptions, parse_variant
 from normlab.core.augment import affine_grid
-from normlab.core.models import MaxPool2d, Net
-from normlab.core.train import add_l1_grad, conv_weights, l1_penalty
+from normlab.core.models import MaxPool2d, Net, choose_arch
+from normlab.core.train import add_l1_grad, build_model, conv_weights, l1_penalty
 from normlab.data import channel_stats
 
 ROW_KEYS = {"norm", "normlab_img_s", "typical_img_s", "compute_img_s", "ratio", "efficiency"}
@@ -24,6 +26,16 @@ def test_affine_grid_equals_torch(h: int, w: int) -> None:
     theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(h * w))
     expected = F.affine_grid(theta, [16, 1, h, w], align_corners=False)
     torch.testing.assert_close(affine_grid(theta, h, w), expected, atol=1e-6, rtol=0)
+
+
+def test_the_typical_pipeline_trains_the_network_normlab_trains(mnist) -> None:
+    """The bench's ratio compares two pipelines, so both must train the same network: the
+    one `auto` picks (it once kept building the previous default after the default changed)."""
+    for norm in ("bn", "gn"):
+        typical = typical_model(norm, mnist)
+        ours = build_model(parse_variant(norm), mnist, TrainOptions(), 0)
+        assert typical.arch == ours.arch == choose_arch(mnist.input_shape)
+        assert typical.state_dict().keys() == ours.state_dict().keys()
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

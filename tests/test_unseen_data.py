@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from normlab.config import StudyConfig, TrainOptions, Variant, parse_variant
+from normlab.core import train as train_module
 from normlab.core.augment import CIFAR10_CLASSES, augment_for, auto_augment
 from normlab.core.norms import recompute_bn_statistics
 from normlab.core.train import SHORT_EPOCH, train_run
@@ -96,26 +97,39 @@ def test_precise_statistics_are_the_average_of_the_batch_statistics() -> None:
 
 
 @pytest.mark.slow
-def test_a_short_epoch_leaves_batch_norm_statistics_that_describe_the_data(mnist) -> None:
-    """One epoch of 2,000 images is 15 steps of the default batch of 128: momentum 0.1 would
-    leave BatchNorm's running statistics mostly at their initial (0, 1), and the test accuracy
-    below chance (12% on the network that was the default then). Recomputed at the end of the
+def test_a_short_epoch_leaves_batch_norm_statistics_that_describe_the_data(
+    mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One epoch of 2,000 images is 15 steps of the default batch of 128: momentum 0.1 leaves
+    BatchNorm's running statistics mostly at their initial (0, 1). Recomputed at the end of the
     short epoch, they describe the data: the test accuracy is within half a point of what the
-    same weights give after precise BN over the training images."""
+    same weights give after precise BN over the training images. Without the recomputation
+    (the short-epoch threshold patched to 0 steps) the running statistics cost 4.35 points here
+    (87.70% against 92.05%; on the network that was the default before, 12% test accuracy)."""
     data = mnist.head(2000, 2000)
     assert len(data.train) // TrainOptions().batch_size < SHORT_EPOCH
-    result = train_run(parse_variant("bn"), 0, data, TrainOptions(epochs=1), torch.device("cpu"))
-    gap = result.statistics_gap
-    assert gap.precise_batches > 0 and abs(gap.running_acc - gap.precise_acc) < 0.5, gap
-    assert result.metrics[-1].test_acc > result.metrics[-1].train_acc
+    cpu = torch.device("cpu")
+
+    def gap() -> float:
+        result = train_run(parse_variant("bn"), 0, data, TrainOptions(epochs=1), cpu)
+        stats = result.statistics_gap
+        assert stats.precise_batches > 0 and stats.running_acc == result.metrics[-1].test_acc
+        assert result.metrics[-1].test_acc > result.metrics[-1].train_acc
+        return stats.precise_acc - stats.running_acc
+
+    assert abs(gap()) < 0.5
+    monkeypatch.setattr(train_module, "SHORT_EPOCH", 0)
+    assert gap() > 2.0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
 def test_one_epoch_of_2000_images_with_the_defaults_beats_90_percent(mnist, norm: str) -> None:
-    """The issue's bar, with every setting at its default (batch 128, peak lr 0.1, the network
-    `auto` picks, seed 0): 15 steps, then the full test set. bn 94.2, gn 92.3, ln 91.1% measured
-    here; the network that was the default before gave 54, 24 and 28%."""
+    """The issue's bar for the default command, every setting at its default (batch 128, peak
+    lr 0.1, the network `auto` picks, seed 0, the seed `normlab run` uses): 15 steps, then the
+    full test set. A check of that command, not of every seed: over seeds 0-4 gn reached 90% in
+    4 and ln in 3 (docs/results/one-epoch-2000). bn 94.2, gn 92.3, ln 91.1% measured here;
+    the network that was the default before gave 54, 24 and 28%."""
     data = mnist.head(2000, None)
     result = train_run(parse_variant(norm), 0, data, TrainOptions(epochs=1), torch.device("cpu"))
     assert result.metrics[-1].test_acc >= 90.0

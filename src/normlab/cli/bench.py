@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from normlab.config import TrainOptions, Variant, parse_variants
 from normlab.core.augment import prepare_batch
 from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
-from normlab.core.models import Net
+from normlab.core.models import Net, choose_arch
 from normlab.core.train import RunContext, make_context, test_pass, train_epoch, train_step
 from normlab.data import Dataset, load_dataset, steps_per_epoch
 from normlab.errors import NormlabError
@@ -135,6 +135,14 @@ def compute_only(
     return n * len(labels) / seconds
 
 
+def typical_model(norm: str, data: Dataset) -> Net:
+    """The typical recipe's model: the network normlab trains on `data` (`auto`, chosen by
+    input shape), from seed 0, left in PyTorch's defaults (fp32, contiguous)."""
+    torch.manual_seed(0)
+    arch = choose_arch(data.input_shape)
+    return Net(norm, in_channels=data.input_shape[0], num_classes=len(data.classes), arch=arch)
+
+
 def typical_epoch(
     norm: str, data_dir: Path, data: Dataset, batch_size: int, workers: int, device: torch.device
 ) -> float:
@@ -158,8 +166,7 @@ def typical_epoch(
     test_loader = DataLoader(
         Subset(test_set, range(len(data.test))), batch_size=1000, num_workers=workers
     )
-    torch.manual_seed(0)
-    model = Net(norm, in_channels=data.input_shape[0], num_classes=len(data.classes)).to(device)
+    model = typical_model(norm, data).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def epoch() -> None:

@@ -34,26 +34,21 @@ from functools import partial
 import torch
 from torch import nn
 
-from normlab.core.models import MaxPool2d
+from normlab.core.models import Net
 from normlab.core.records import STAT_NAMES, ActivationStats
 
 POINTS_PER_EPOCH = 4  # the last step of each quarter epoch is measured (`probe_steps`)
 
 
-def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Each block's norm layer with a label naming its depth, kind and width: the module
-    after each convolution of `model.features`, after the pooling where a block pools first.
-    Found by position, so a norm of any kind (the identity of `none` included) is found."""
+def norm_layers(model: Net) -> list[tuple[str, nn.Module]]:
+    """Each block's norm layer with a label naming its depth, kind and width: the module where
+    `Net` put it (`Net.norm_positions`: after the convolution and any pooling, or after the
+    ReLU with `RN`), so a norm of any kind (the identity of `none` included) is found."""
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     found: list[tuple[str, nn.Module]] = []
-    modules = list(getattr(model, "features", []))
-    for i, conv in enumerate(modules):
-        if not isinstance(conv, nn.Conv2d):
-            continue
-        after = modules[i + 1 :]
-        norm = next((m for m in after if not isinstance(m, MaxPool2d)), None)
-        if norm is not None:
-            label = f"block {len(found) + 1}: {type(norm).__name__}, {conv.out_channels} ch"
-            found.append((label, norm))
+    for k, (i, conv) in enumerate(zip(model.norm_positions, convs, strict=True)):
+        norm = model.features[i]
+        found.append((f"block {k + 1}: {type(norm).__name__}, {conv.out_channels} ch", norm))
     return found
 
 

@@ -25,14 +25,15 @@ throws away where in the image a feature was; Hk keeps a coarse k x k layout of 
 linear read-out can use from the first step, before the convolutions have learned anything
 (the README measures what that does to GroupNorm and LayerNorm in their first epoch).
 
-Why the readout scale and `RN` exist: after a per-sample norm every image's features have
-the same length, and much of it is a part all images share (the background). A linear
-read-out of a whole 7x7 map (2,352 values for 48 channels) then moves every image's logits
-together by about lr x (the squared length of that shared part) per step, which at SGD's lr
-0.1 overshoots and oscillates: GroupNorm and LayerNorm fell to chance in one epoch of 2,000
-images. Multiplying what the head reads by s multiplies that step by s^2 (0.16 at 0.4). A
-norm after the ReLU hands the next layer and the head normalized values instead of the
-ReLU's half-zero ones. The README measures what each does (docs/results/one-epoch-2000).
+Why the readout scale and `RN` exist (our reading of one-off probes; the README has the
+measurements): after a per-sample norm every image's features have the same length, and much
+of it is a part all images share (the background). A linear read-out of a whole 7x7 map (2,352
+values for 48 channels) then moves every image's logits together by about lr x (the squared
+length of that shared part) per step, which at SGD's lr 0.1 overshoots: without the scale,
+GroupNorm and LayerNorm ended one epoch of 2,000 images at 20% and 10% on average. Multiplying
+what the head reads by s multiplies that step by s^2 (0.16 at 0.4). A norm after the ReLU hands
+the next layer and the head normalized values instead of the ReLU's half-zero ones
+(docs/results/one-epoch-2000 measures each change left out).
 """
 
 from __future__ import annotations
@@ -227,6 +228,9 @@ class Net(nn.Module):
         channels = in_channels
         conv = conv_layer(norm)
         spec = parse_arch(arch)
+        # Where each block's norm sits in `features` (after the ReLU with RN): what
+        # `core.activations.norm_layers` measures, whatever the block order.
+        self.norm_positions: list[int] = []
         for token in spec.layers:
             if token == "M":
                 layers.append(MaxPool2d())
@@ -234,7 +238,9 @@ class Net(nn.Module):
             out, kind = token
             size, pad = (1, 0) if kind == "t" else (3, 0 if kind == "v" else 1)
             norm_relu = [make_norm(norm, out, groups), make_activation(norm)]
-            layers += [
+            block = [
+                # A bias only without a norm, which subtracts it again. With RN the norm comes
+                # after the ReLU, where a bias would not be redundant; RN networks train without.
                 conv(
                     channels,
                     out,
@@ -246,6 +252,8 @@ class Net(nn.Module):
                 *([MaxPool2d()] if kind == "p" else []),
                 *(norm_relu[::-1] if spec.relu_first else norm_relu),
             ]
+            self.norm_positions.append(len(layers) + len(block) - (1 if spec.relu_first else 2))
+            layers += block
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = HeadPool(spec.head, spec.scale)

@@ -143,8 +143,8 @@ def conv_layer(norm: str) -> Callable[..., nn.Conv2d]:
 
 
 def make_activation(norm: str) -> nn.Module:
-    """What follows the norm in a block: a ReLU, or nothing where the norm is its own
-    nonlinearity (`SELF_ACTIVATED`)."""
+    """A block's nonlinearity, after its norm (or before it in a network with `RN`): a ReLU,
+    or nothing where the norm is its own nonlinearity (`SELF_ACTIVATED`)."""
     return nn.Identity() if norm in SELF_ACTIVATED else nn.ReLU(inplace=True)
 
 
