@@ -132,7 +132,8 @@ def parse_arch(arch: str) -> Spec:
     misspelt --model before anything runs."""
     tokens = arch.split()
     relu_first = bool(tokens) and tokens[0] == RELU_FIRST
-    tokens = tokens[relu_first:]
+    if relu_first:
+        tokens = tokens[1:]
     head, scale = 1, 1.0
     if tokens and tokens[-1].startswith("H"):
         head, scale = parse_head(tokens.pop(), arch)
@@ -237,7 +238,8 @@ class Net(nn.Module):
                 continue
             out, kind = token
             size, pad = (1, 0) if kind == "t" else (3, 0 if kind == "v" else 1)
-            norm_relu = [make_norm(norm, out, groups), make_activation(norm)]
+            norm_layer = make_norm(norm, out, groups)
+            norm_relu = [norm_layer, make_activation(norm)]
             block = [
                 # A bias only without a norm, which subtracts it again. With RN the norm comes
                 # after the ReLU, where a bias would not be redundant; RN networks train without.
@@ -252,7 +254,7 @@ class Net(nn.Module):
                 *([MaxPool2d()] if kind == "p" else []),
                 *(norm_relu[::-1] if spec.relu_first else norm_relu),
             ]
-            self.norm_positions.append(len(layers) + len(block) - (1 if spec.relu_first else 2))
+            self.norm_positions.append(len(layers) + block.index(norm_layer))
             layers += block
             channels = out
         self.features = nn.Sequential(*layers)
