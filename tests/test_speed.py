@@ -14,7 +14,8 @@ from normlab.cli import app
 from normlab.cli.bench import typical_model
 from normlab.config import TrainOptions, parse_variant
 from normlab.core.augment import affine_grid
-from normlab.core.models import MaxPool2d, Net, choose_arch
+from normlab.core.models import HeadPool, MaxPool2d, Net, choose_arch
+from normlab.core.norms import make_norm
 from normlab.core.train import add_l1_grad, build_model, conv_weights, l1_penalty
 from normlab.data import channel_stats
 
@@ -48,6 +49,38 @@ def test_inference_max_pool_equals_torch(fmt: torch.memory_format, shape: tuple)
         ours, theirs = MaxPool2d()(x), torch.nn.MaxPool2d(2)(x)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
     assert ours.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("kind", ["gn", "in", "ws+gn"])
+def test_groupnorm_on_channels_last_equals_contiguous(kind: str) -> None:
+    """norms.GroupNorm runs PyTorch's kernel on a contiguous copy of channels_last input: the
+    same output and gradients as on contiguous input, and the output and the input's gradient
+    come back in channels_last, the format the layers around it run fastest in."""
+    torch.manual_seed(0)
+    norm = make_norm(kind, 8)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = torch.randn(4, 8, 6, 5)
+    upstream = torch.randn_like(x)
+    results, arrived = [], []  # arrived: the gradients that reached the layer before the norm
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        norm.zero_grad()
+        xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
+        before = xf * 1  # a leaf's .grad takes the leaf's format whatever arrives; this does not
+        before.register_hook(arrived.append)
+        y = norm(before)
+        (y * upstream).sum().backward()
+        assert y.is_contiguous(memory_format=fmt)
+        assert arrived[-1].is_contiguous(memory_format=fmt)
+        results.append((y, xf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_head_pool_passes_a_map_of_its_size_as_it_is() -> None:
+    """A map already k x k skips adaptive pooling (its own average) and is only scaled."""
+    x = torch.randn(2, 3, 7, 7, requires_grad=True)
+    torch.testing.assert_close(HeadPool(7, 0.4)(x), F.adaptive_avg_pool2d(x, 7) * 0.4)
+    torch.testing.assert_close(HeadPool(3)(x), F.adaptive_avg_pool2d(x, 3))
 
 
 def test_channel_stats_from_histograms_equal_direct_float64() -> None:

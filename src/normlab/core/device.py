@@ -44,14 +44,10 @@ def set_cpu_threads() -> int:
     return threads
 
 
-def memory_format(device: torch.device, norm: str) -> torch.memory_format:
-    """channels_last, except GroupNorm/InstanceNorm on CPU: PyTorch's CPU GroupNorm kernel for
-    more than one group is many times slower on channels_last bf16 input than on contiguous
-    input (a one-off profile, not committed), while BatchNorm and LayerNorm (one group) run
-    faster on it. ws+gn normalizes its activations with that same GroupNorm."""
-    if device.type == "cpu" and norm in ("gn", "in", "ws+gn"):
-        return torch.contiguous_format
-    return torch.channels_last
+# The memory format training and the test pass run in, whatever the norm: on a CPU, convolution,
+# max pooling, BatchNorm and LayerNorm are faster in channels_last, and GroupNorm's CPU kernel,
+# which is not, gets a contiguous copy (norms.GroupNorm).
+MEMORY_FORMAT = torch.channels_last
 
 
 BY_DEVICE = 1000  # TrainOptions.eval_batch_size's default: the size chosen by device

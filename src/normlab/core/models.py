@@ -199,11 +199,10 @@ class HeadPool(nn.Module):
         self.size, self.scale = size, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (
-            x.mean(dim=(2, 3), keepdim=True)
-            if self.size == 1
-            else F.adaptive_avg_pool2d(x, self.size)
-        )
+        if self.size == 1:
+            x = x.mean(dim=(2, 3), keepdim=True)
+        elif x.shape[-2:] != (self.size, self.size):  # a map already k x k is its own average
+            x = F.adaptive_avg_pool2d(x, self.size)
         return x if self.scale == 1 else x * self.scale
 
     def extra_repr(self) -> str:

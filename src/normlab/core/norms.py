@@ -118,11 +118,11 @@ def make_norm(kind: str, channels: int, groups: int | None = None) -> nn.Module:
         g = channel_groups(kind, channels, groups)
         if kind == "evonorm-s0":
             return timm_layers().EvoNorm2dS0(channels, groups=g, eps=EPS)
-        return nn.GroupNorm(g, channels, eps=EPS)  # ws+gn: the weights are standardized instead
+        return GroupNorm(g, channels, eps=EPS)  # ws+gn: the weights are standardized instead
     layers = {
         "bn": lambda: BatchNorm2d(channels, eps=EPS),
         "ln": lambda: nn.GroupNorm(1, channels, eps=EPS),
-        "in": lambda: nn.GroupNorm(channels, channels, eps=EPS),
+        "in": lambda: GroupNorm(channels, channels, eps=EPS),
         "brn": lambda: BatchRenorm2d(channels, eps=EPS),
         "frn": lambda: timm_layers().FilterResponseNormTlu2d(channels, eps=EPS),
         "evonorm-b0": lambda: evonorm_b0()(channels, eps=EPS),  # timm's eps: 1e-3
@@ -133,6 +133,46 @@ def make_norm(kind: str, channels: int, groups: int | None = None) -> nn.Module:
     if kind not in layers:
         raise NormlabError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
     return layers[kind]()
+
+
+class Reformat(torch.autograd.Function):
+    """`x` in the memory format `fmt`, and the gradient back in the format `back`: the format
+    `x` came in, which is what the layer before expects. (`Tensor.contiguous` would pass the
+    gradient on in whatever format it arrived, and an elementwise backward that meets two
+    formats, such as the ReLU's, runs many times slower.)"""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        fmt: torch.memory_format,
+        back: torch.memory_format,
+    ) -> torch.Tensor:
+        ctx.back = back
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
+        return grad.contiguous(memory_format=ctx.back), None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm whose CPU kernel for more than one group runs on a contiguous copy of
+    channels_last input, the output and the gradient converted back (`Reformat`).
+
+    Training runs in channels_last (`device.MEMORY_FORMAT`), where convolution, max pooling,
+    BatchNorm and GroupNorm with one group (LayerNorm) are fastest on a CPU; PyTorch's CPU
+    GroupNorm kernel for several groups is the exception, about ten times slower there than on
+    contiguous input. The copies cost far less than that, and than running the whole network
+    contiguous for it (docs/results/timings/groupnorm-format.txt). Same values either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last, plain = torch.channels_last, torch.contiguous_format
+        grouped_on_cpu = x.device.type == "cpu" and self.num_groups > 1 and x.dim() == 4
+        if not grouped_on_cpu or x.is_contiguous() or not x.is_contiguous(memory_format=last):
+            return super().forward(x)
+        y = super().forward(Reformat.apply(x, plain, last))
+        return Reformat.apply(y, last, plain)
 
 
 def conv_layer(norm: str) -> Callable[..., nn.Conv2d]:

@@ -31,7 +31,7 @@ from normlab.config import TrainOptions, Variant
 from normlab.core.activations import ActivationProbe
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
-from normlab.core.device import eval_batch_size, memory_format, use_bf16
+from normlab.core.device import MEMORY_FORMAT, eval_batch_size, use_bf16
 from normlab.core.evaluation import evaluate, settle_batch_norm, statistics_gap
 from normlab.core.ghost import set_norm_batch
 from normlab.core.models import Net, choose_arch, count_params
@@ -176,8 +176,7 @@ def make_context(
     """A fresh run: the model from `seed` on `device` in its memory format, an optimizer whose
     schedule spans `total_steps`, and a generator seeded with `seed`. None of these draws from
     shared random state, so the order they are built in cannot change a result."""
-    fmt = memory_format(device, variant.norm)
-    model = build_model(variant, data, opts, seed).to(device, memory_format=fmt)
+    model = build_model(variant, data, opts, seed).to(device, memory_format=MEMORY_FORMAT)
     opt, sched = make_optimizer(model, variant, opts, total_steps)
     return RunContext(
         variant=variant,
@@ -189,7 +188,7 @@ def make_context(
         generator=torch.Generator(device=device).manual_seed(seed),
         bf16=use_bf16(device, opts.precision),
         augment=augmentation_for(data, opts),
-        fmt=fmt,
+        fmt=MEMORY_FORMAT,
         device=device,
         eval_batch=eval_batch_size(device, opts.eval_batch_size, data.input_shape),
         probe=ActivationProbe(model, enabled=opts.activation_stats),
