@@ -1,6 +1,7 @@
 """The results table of a network search: one row per run of the given study folders.
 
-Each row names the network, its parameter count, the variant, the batch size, the peak
+Each row names the network, its parameter count, the variant (with its group count when a grouped
+norm ran with one of its own, `--groups`), the batch size, the peak
 learning rate, the shape of its ramps (`anneal`: linear, or cos; a study from before the setting
 existed ran linear), the augmentation, the seed, the test accuracy of the last three epochs
 (`--last`) and whether all of them reach the bar (99.4% by default: the course's tier for MNIST
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from normlab.core.norms import GROUPED
 from normlab.store.results import read_json, read_metrics
 
 
@@ -39,11 +41,12 @@ def rows(study: Path, bar: float, last_n: int) -> list[list[str]]:
     for path, run, metrics in finished_runs(study):
         train = run["config"]["train"]
         last = [m["test_acc"] for m in metrics[-last_n:]]
+        groups = train.get("groups") if run["config"]["variant"]["norm"] in GROUPED else None
         out.append(
             [
                 f"`{network or train['model']}`",
                 f"{run['params']:,}",
-                path.rsplit("/", 1)[0],
+                path.rsplit("/", 1)[0] + (f" ({groups} groups)" if groups is not None else ""),
                 str(train["batch_size"]),
                 f"{train['lr']:g}",
                 train.get("anneal", "linear"),
