@@ -1,11 +1,11 @@
 """The results table of a network search: one row per run of the given study folders.
 
 Each row names the network, its parameter count, the variant (with its group count when a grouped
-norm ran with one of its own, `--groups`), the batch size, the peak
-learning rate, the shape of its ramps (`anneal`: linear, or cos; a study from before the setting
-existed ran linear), the augmentation, the seed, the test accuracy of the last three epochs
-(`--last`) and whether all of them reach the bar (99.4% by default: the course's tier for MNIST
-networks under 8,000 parameters; CIFAR-10's bar is 80% in the final epoch, `--bar 80 --last 1`).
+norm ran with one of its own, `--groups`), the batch size, the peak learning rate, the shape of
+its ramps (`anneal`: linear, or cos; a study from before the setting existed ran linear), the
+augmentation, the seed, the test accuracy of the last three epochs (`--last`) and whether all of
+them reach the bar (99.4% by default: the course's tier for MNIST networks under 8,000
+parameters; CIFAR-10's bar is 80% in the final epoch, `--bar 80 --last 1`).
 The rows come from the folders' own files (study.json, run.json, metrics.csv), so the table can
 be regenerated from the committed studies at any time:
 

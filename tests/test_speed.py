@@ -15,7 +15,7 @@ from normlab.cli.bench import typical_model
 from normlab.config import TrainOptions, parse_variant
 from normlab.core.augment import affine_grid
 from normlab.core.models import HeadPool, MaxPool2d, Net, choose_arch
-from normlab.core.norms import make_norm
+from normlab.core.norms import GroupNorm, make_norm
 from normlab.core.train import add_l1_grad, build_model, conv_weights, l1_penalty
 from normlab.data import channel_stats
 
@@ -52,13 +52,20 @@ def test_inference_max_pool_equals_torch(fmt: torch.memory_format, shape: tuple)
 
 
 @pytest.mark.parametrize("kind", ["gn", "in", "ws+gn"])
-def test_groupnorm_on_channels_last_equals_contiguous(kind: str) -> None:
-    """norms.GroupNorm runs PyTorch's kernel on a contiguous copy of channels_last input: the
-    same output and gradients as on contiguous input, and the output and the input's gradient
-    come back in channels_last, the format the layers around it run fastest in."""
+def test_groupnorm_on_channels_last_equals_contiguous(kind: str, monkeypatch) -> None:
+    """norms.GroupNorm hands PyTorch's kernel a contiguous copy of channels_last input: exactly
+    the output and gradients of contiguous input, and the output and the gradient that reaches
+    the layer before come back in channels_last, the format the layers around it run fastest in."""
+    seen = []  # the memory formats PyTorch's group_norm was called with
+    native = F.group_norm
+    monkeypatch.setattr(
+        F, "group_norm", lambda x, *a, **k: seen.append(x.is_contiguous()) or native(x, *a, **k)
+    )
     torch.manual_seed(0)
     norm = make_norm(kind, 8)
-    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    assert isinstance(norm, GroupNorm)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
     x = torch.randn(4, 8, 6, 5)
     upstream = torch.randn_like(x)
     results, arrived = [], []  # arrived: the gradients that reached the layer before the norm
@@ -72,15 +79,24 @@ def test_groupnorm_on_channels_last_equals_contiguous(kind: str) -> None:
         assert y.is_contiguous(memory_format=fmt)
         assert arrived[-1].is_contiguous(memory_format=fmt)
         results.append((y, xf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    assert seen == [True, True]  # the channels_last input reached the kernel as a contiguous copy
     for ours, theirs in zip(*results, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # the same kernel on the same data
 
 
-def test_head_pool_passes_a_map_of_its_size_as_it_is() -> None:
+def test_head_pool_passes_a_map_of_its_size_as_it_is(monkeypatch) -> None:
     """A map already k x k skips adaptive pooling (its own average) and is only scaled."""
     x = torch.randn(2, 3, 7, 7, requires_grad=True)
-    torch.testing.assert_close(HeadPool(7, 0.4)(x), F.adaptive_avg_pool2d(x, 7) * 0.4)
-    torch.testing.assert_close(HeadPool(3)(x), F.adaptive_avg_pool2d(x, 3))
+    expected = F.adaptive_avg_pool2d(x, 7) * 0.4
+    native = F.adaptive_avg_pool2d
+
+    def pool(t: torch.Tensor, size: int) -> torch.Tensor:
+        assert t.shape[-1] != size, "a 7x7 map was pooled to 7x7"
+        return native(t, size)
+
+    monkeypatch.setattr(F, "adaptive_avg_pool2d", pool)
+    torch.testing.assert_close(HeadPool(7, 0.4)(x), expected)
+    torch.testing.assert_close(HeadPool(3)(x), native(x, 3))
 
 
 def test_channel_stats_from_histograms_equal_direct_float64() -> None:

@@ -1,5 +1,5 @@
-"""Where and how a run computes: the device, bf16 or not, CPU threads, the memory format per
-norm and the test pass's batch size. Policies measured on real hardware, kept in one place so
+"""Where and how a run computes: the device, bf16 or not, CPU threads, the memory format and
+the test pass's batch size. Policies measured on real hardware, kept in one place so
 the training loop, the executors and `normlab bench` make the same choices."""
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from normlab.errors import NormlabError, first_line
 #   search came closest with), so it is not the default.
 # mnist-h3 (1x28x28): mnist read by an H3 head (18,650 parameters): gn and ln learn far faster in
 #   their first epoch (docs/results/short-runs-h3), but after 20 epochs it ends no better than
-#   mnist, below 99.4% in one of the last three epochs for ln and bn+l1 (docs/results/mnist-head).
+#   mnist, under 99.4% in 1 or more of the last 3 epochs for ln and bn+l1 (docs/results/mnist-head).
 # cifar (3x32x32): a stride-2 stem goes to 16x16 at once (the same body trains faster behind it
 #   than behind a full-resolution layer and pooling: a one-off measurement), then the channels
 #   grow at 16x16 and 8x8.

@@ -152,7 +152,9 @@ class Reformat(torch.autograd.Function):
         return x.contiguous(memory_format=fmt)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
         return grad.contiguous(memory_format=ctx.back), None, None
 
 
@@ -163,8 +165,9 @@ class GroupNorm(nn.GroupNorm):
     Training runs in channels_last (`device.MEMORY_FORMAT`), where convolution, max pooling,
     BatchNorm and GroupNorm with one group (LayerNorm) are fastest on a CPU; PyTorch's CPU
     GroupNorm kernel for several groups is the exception, about ten times slower there than on
-    contiguous input. The copies cost far less than that, and than running the whole network
-    contiguous for it (docs/results/timings/groupnorm-format.txt). Same values either way."""
+    contiguous input (a one-off profile). The copies cost far less than that, and than running
+    the whole network contiguous for it (docs/results/timings/groupnorm-format.txt). The values
+    are the same: the same kernel sees the same numbers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last, plain = torch.channels_last, torch.contiguous_format
