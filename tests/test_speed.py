@@ -56,7 +56,7 @@ def test_groupnorm_on_channels_last_equals_contiguous(kind: str, monkeypatch) ->
     """norms.GroupNorm hands PyTorch's kernel a contiguous copy of channels_last input: exactly
     the output and gradients of contiguous input, and the output and the gradient that reaches
     the layer before come back in channels_last, the format the layers around it run fastest in."""
-    seen = []  # the memory formats PyTorch's group_norm was called with
+    seen = []  # whether each input PyTorch's group_norm got was contiguous
     native = F.group_norm
     monkeypatch.setattr(
         F, "group_norm", lambda x, *a, **k: seen.append(x.is_contiguous()) or native(x, *a, **k)
