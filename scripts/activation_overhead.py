@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from normlab.cli.bench import first_batch
 from normlab.config import TrainOptions
 from normlab.core.activations import ActivationProbe, probe_steps
-from normlab.core.augment import prepare_batch
 from normlab.core.train import RunContext, fit_epoch, make_context, train_epoch, train_step
 from normlab.data import Dataset, load_dataset, steps_per_epoch
 from normlab.variants import parse_variant
@@ -47,9 +47,7 @@ def step_cost(ctx: RunContext, data: Dataset, repeats: int) -> tuple[float, floa
     """(seconds of a plain step, seconds a measured step adds), on the first training batch:
     the fastest plain step, and the median difference of `repeats` adjacent pairs of a
     measured and a plain step (neighbours share whatever else the machine was doing)."""
-    n = ctx.opts.batch_size
-    x = prepare_batch(data.train.images[:n], data.mean, data.std).contiguous(memory_format=ctx.fmt)
-    labels = data.train.labels[:n]
+    x, labels = first_batch(ctx, data)
     ctx.probe.begin(1, 0)  # one step an epoch: step 0 is measured
 
     def hooked() -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from normlab.cli.bench import first_batch
 from normlab.config import TrainOptions
-from normlab.core.augment import prepare_batch
 from normlab.core.device import use_bf16
 from normlab.core.norms import GroupNorm
 from normlab.core.train import make_context, train_step
@@ -44,9 +44,8 @@ def step(data: Dataset, norm: str, fmt: torch.memory_format, native: bool) -> Ca
         for m in ctx.model.modules():
             if isinstance(m, GroupNorm):
                 m.__class__ = nn.GroupNorm
-    n = ctx.opts.batch_size
-    x = prepare_batch(data.train.images[:n], data.mean, data.std).contiguous(memory_format=fmt)
-    labels = data.train.labels[:n]
+    x, labels = first_batch(ctx, data)
+    x = x.contiguous(memory_format=fmt)
     return lambda: train_step(ctx, x, labels)
 
 

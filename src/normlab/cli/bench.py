@@ -31,11 +31,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from normlab.config import TrainOptions, Variant, parse_variants
+from normlab.config import TrainOptions, Variant, parse_variant, parse_variants
 from normlab.core.augment import prepare_batch
-from normlab.core.device import resolve_device, set_cpu_threads, use_bf16
-from normlab.core.models import Net, choose_arch
-from normlab.core.train import RunContext, make_context, test_pass, train_epoch, train_step
+from normlab.core.device import MEMORY_FORMAT, resolve_device, set_cpu_threads, use_bf16
+from normlab.core.models import Net
+from normlab.core.train import (
+    RunContext,
+    build_model,
+    make_context,
+    test_pass,
+    train_epoch,
+    train_step,
+)
 from normlab.data import Dataset, load_dataset, steps_per_epoch
 from normlab.errors import NormlabError
 
@@ -100,7 +107,8 @@ def first_batch(ctx: RunContext, data: Dataset) -> tuple[Tensor, Tensor]:
     """The first training batch, normalized, in the model's memory format."""
     n = ctx.opts.batch_size
     images, labels = data.train.images[:n], data.train.labels[:n]
-    return prepare_batch(images, data.mean, data.std).contiguous(memory_format=ctx.fmt), labels
+    x = prepare_batch(images, data.mean, data.std)
+    return x.contiguous(memory_format=MEMORY_FORMAT), labels
 
 
 def model_flops(variant: Variant, data: Dataset, opts: TrainOptions) -> tuple[float, float]:
@@ -136,11 +144,11 @@ def compute_only(
 
 
 def typical_model(norm: str, data: Dataset) -> Net:
-    """The typical recipe's model: the network normlab trains on `data` (`auto`, chosen by
-    input shape), from seed 0, left in PyTorch's defaults (fp32, contiguous)."""
+    """The typical recipe's model: the one normlab builds for `norm` on `data` at the defaults
+    (`train.build_model`, seed 0), left in PyTorch's defaults (fp32, contiguous). The global
+    generator is seeded too: the typical loop's shuffling and rotations draw from it."""
     torch.manual_seed(0)
-    arch = choose_arch(data.input_shape)
-    return Net(norm, in_channels=data.input_shape[0], num_classes=len(data.classes), arch=arch)
+    return build_model(parse_variant(norm), data, TrainOptions(), 0)
 
 
 def typical_epoch(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.core.augment import prepare_batch
+from normlab.core.device import MEMORY_FORMAT
 from normlab.core.norms import batch_norms, recompute_bn_statistics
 from normlab.core.records import StatisticsGap
 from normlab.data import Dataset, Split, batches
@@ -117,7 +118,7 @@ def recompute_statistics(ctx: RunContext, data: Dataset, count: int) -> int:
     count = max(1, min(count, len(data.train) // size))
     head = data.train.head(count * size)
     inputs = (
-        prepare_batch(images, data.mean, data.std).contiguous(memory_format=ctx.fmt)
+        prepare_batch(images, data.mean, data.std).contiguous(memory_format=MEMORY_FORMAT)
         for images, _ in batches(head, size)
     )
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
@@ -143,7 +144,7 @@ def statistics_gap(ctx: RunContext, data: Dataset, running_acc: float) -> Statis
 
     def test_acc(batch_statistics: bool) -> float:
         size = opts.batch_size if batch_statistics else ctx.eval_batch
-        args = (ctx.model, data.test, data, size, ctx.bf16, ctx.fmt, batch_statistics)
+        args = (ctx.model, data.test, data, size, ctx.bf16, MEMORY_FORMAT, batch_statistics)
         return evaluate(*args)[1]
 
     with kept_statistics(ctx.model):

@@ -144,11 +144,12 @@ SHORT_EPOCH = 100  # optimizer steps; below this an epoch ends with `settle_batc
 
 @dataclass(frozen=True)
 class RunContext:
-    """What one run holds fixed while it loops: the model (`net` is what forward passes call,
-    see `compiled`), its optimizer and schedule, the generator that shuffles and augments, the
-    device policies, and the probe of the norm layers' statistics (recording only with
-    `activation_stats`). One builder (`make_context`) makes it for training and for `normlab
-    bench`, so the benchmark times exactly what a run does."""
+    """What one run holds fixed while it loops: the model (`net` is what forward passes call, see
+    `compiled`), its optimizer and schedule, the generator that shuffles and augments, the device
+    policies (the memory format is `device.MEMORY_FORMAT`, the same for every run), and the probe of
+    the norm layers' statistics (recording only with `activation_stats`). One builder
+    (`make_context`) makes it for training and for `normlab bench`, so the benchmark times exactly
+    what a run does."""
 
     variant: Variant
     opts: TrainOptions
@@ -159,7 +160,6 @@ class RunContext:
     generator: torch.Generator
     bf16: bool
     augment: tuple[str, ...]
-    fmt: torch.memory_format
     device: torch.device
     eval_batch: int
     probe: ActivationProbe
@@ -188,7 +188,6 @@ def make_context(
         generator=torch.Generator(device=device).manual_seed(seed),
         bf16=use_bf16(device, opts.precision),
         augment=augmentation_for(data, opts),
-        fmt=MEMORY_FORMAT,
         device=device,
         eval_batch=eval_batch_size(device, opts.eval_batch_size, data.input_shape),
         probe=ActivationProbe(model, enabled=opts.activation_stats),
@@ -229,7 +228,7 @@ def train_epoch(
     for step, (images, labels) in enumerate(batched):
         x = prepare_batch(images, data.mean, data.std, ctx.generator, ctx.augment)
         with ctx.probe.at(step):
-            loss, logits = train_step(ctx, x.contiguous(memory_format=ctx.fmt), labels)
+            loss, logits = train_step(ctx, x.contiguous(memory_format=MEMORY_FORMAT), labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -241,7 +240,7 @@ def train_epoch(
 
 def test_pass(ctx: RunContext, data: Dataset) -> tuple[float, float, dict[str, torch.Tensor]]:
     """`evaluate` on the test split with the run's own network, precision and batch size."""
-    return evaluate(ctx.net, data.test, data, ctx.eval_batch, ctx.bf16, ctx.fmt)
+    return evaluate(ctx.net, data.test, data, ctx.eval_batch, ctx.bf16, MEMORY_FORMAT)
 
 
 def training_state(ctx: RunContext, metrics: list[EpochMetrics]) -> dict:
