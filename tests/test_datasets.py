@@ -17,7 +17,7 @@ from PIL import Image
 from normlab.config import StudyConfig, TrainOptions, Variant
 from normlab.core.augment import parse_augment, prepare_batch, random_crop, random_flip
 from normlab.core.models import ARCHS, Net, choose_arch, count_params
-from normlab.data import load_dataset
+from normlab.data import load_dataset, load_test_images
 from normlab.data.imagefolder import cache_dir, extract
 from normlab.errors import NormlabError
 from normlab.run.study import run_study
@@ -63,6 +63,20 @@ def test_image_folder_trains_one_epoch_through_the_cli(tmp_path: Path) -> None:
     assert [v["status"] for v in summary["variants"]] == ["finished", "finished"]
     preds = np.load(out / "bn" / "seed0" / "predictions.npz")
     assert len(preds["pred"]) == 12
+
+
+def test_test_images_alone_are_the_loaded_test_split(mnist, mnist_dir, tmp_path) -> None:
+    """What the galleries show: MNIST's test file read alone, or an image folder's test split,
+    equals the test split of the whole dataset, cut to the limit."""
+    folder = make_folder(tmp_path / "images")
+    wholes = {"mnist": (mnist_dir, mnist.test.images)}
+    wholes[str(folder)] = (
+        tmp_path / "cache",
+        load_dataset(str(folder), tmp_path / "cache").test.images,
+    )
+    for name, (data_dir, whole) in wholes.items():
+        assert torch.equal(load_test_images(name, data_dir), whole)
+        assert torch.equal(load_test_images(name, data_dir, 7), whole[:7])
 
 
 def test_folder_decoding_unifies_channels_and_size(tmp_path: Path) -> None:

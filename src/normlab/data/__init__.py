@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from normlab.data.containers import Dataset, Split, batches, channel_stats, steps_per_epoch
 from normlab.data.imagefolder import folder_name, is_archive, load_image_folder
-from normlab.data.named import INPUT_SHAPES, LOADERS, MNIST_FILES
+from normlab.data.named import INPUT_SHAPES, LOADERS, MNIST_FILES, idx_test_images
 from normlab.errors import NormlabError
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "channel_stats",
     "folder_name",
     "load_dataset",
+    "load_test_images",
     "steps_per_epoch",
 ]
 
@@ -34,3 +37,13 @@ def load_dataset(name: str, data_dir: Path, download: bool = True) -> Dataset:
         f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}, or give the path of an "
         "image folder with train/<class>/ and test/<class>/ (or a .tar.gz of one)"
     )
+
+
+def load_test_images(name: str, data_dir: Path, limit: int | None = None) -> torch.Tensor:
+    """The first `limit` test images (all when None) as uint8, never downloaded: what the
+    report's galleries show. MNIST and Fashion-MNIST read their test file alone
+    (`idx_test_images`); any other dataset loads whole."""
+    images = idx_test_images(name, Path(data_dir))
+    if images is None:
+        images = load_dataset(name, data_dir, download=False).test.images
+    return images[:limit]

@@ -4,6 +4,7 @@ download code, decoded once into uint8 `Dataset`s."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,13 +19,13 @@ MNIST_FILES = (
 )
 
 
-def _load_idx(cls: type, name: str, data_dir: Path, download: bool, classes: list[str]) -> Dataset:
-    """MNIST or Fashion-MNIST (same IDX files) through torchvision, from
-    `data_dir/<cls.__name__>/raw` (downloaded there when missing and `download` is on)."""
+def _read_idx(cls: type, data_dir: Path, download: bool, train: bool) -> Any:
+    """One split of MNIST or Fashion-MNIST (same IDX files) through torchvision, from
+    `data_dir/<cls.__name__>/raw` (downloaded there when missing and `download` is on), its
+    files checked against each other."""
     raw = Path(data_dir) / cls.__name__ / "raw"
     try:
-        train = cls(str(data_dir), train=True, download=download)
-        test = cls(str(data_dir), train=False, download=download)
+        d = cls(str(data_dir), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ValueError
         missing = [f for f in MNIST_FILES if not (raw / f).exists()]
         if missing:
@@ -37,21 +38,34 @@ def _load_idx(cls: type, name: str, data_dir: Path, download: bool, classes: lis
             f"{cls.__name__} files in {raw} could not be read ({exc}); they may be truncated or "
             "corrupt: delete them and download again"
         ) from None
-    for d in (train, test):  # well-formed headers can still describe mismatched files
-        labels = d.targets
-        if (
-            not len(labels)
-            or len(d.data) != len(labels)
-            or not 0 <= labels.min() <= labels.max() < 10
-        ):
-            raise NormlabError(
-                f"{cls.__name__} files in {raw} disagree ({len(d.data)} images, "
-                f"{len(labels)} labels; equal counts of labels 0..9 expected): delete them and "
-                "download again"
-            )
-    splits = [Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in (train, test)]
+    labels = d.targets  # well-formed headers can still describe mismatched files
+    if not len(labels) or len(d.data) != len(labels) or not 0 <= labels.min() <= labels.max() < 10:
+        raise NormlabError(
+            f"{cls.__name__} files in {raw} disagree ({len(d.data)} images, "
+            f"{len(labels)} labels; equal counts of labels 0..9 expected): delete them and "
+            "download again"
+        )
+    return d
+
+
+def _load_idx(cls: type, name: str, data_dir: Path, download: bool, classes: list[str]) -> Dataset:
+    """Both splits of `_read_idx`, the statistics from the training split."""
+    splits = [
+        Split(d.data.unsqueeze(1).contiguous(), d.targets.long())
+        for d in (_read_idx(cls, data_dir, download, train) for train in (True, False))
+    ]
     mean, std = channel_stats(splits[0].images)
     return Dataset(name, splits[0], splits[1], classes, mean, std)
+
+
+def idx_test_images(name: str, data_dir: Path) -> torch.Tensor | None:
+    """The test images of MNIST or Fashion-MNIST alone, without downloading (None for other
+    datasets): what the report's galleries show. The test file is 7.8 MB of MNIST's 55, so
+    `normlab run`, which writes the report last, does not reach its peak memory there."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    cls = {"mnist": MNIST, "fashion-mnist": FashionMNIST}.get(name)
+    return None if cls is None else _read_idx(cls, data_dir, False, False).data.unsqueeze(1)
 
 
 def load_mnist(data_dir: Path, download: bool = True) -> Dataset:

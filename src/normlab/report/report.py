@@ -88,16 +88,15 @@ def gallery_blocks(study: StoredStudy, figures: Path, data_dir: Path | None) -> 
     """Misclassified grids (need the test images) and confusion matrices (need only the
     predictions), from each variant's first finished seed. Without the data the grids are
     skipped and the report says why; a variant whose seeds all diverged kept no predictions."""
-    from normlab.data import load_dataset
+    from normlab.data import load_test_images
 
     classes = study.study.get("data", {}).get("classes") or [str(i) for i in range(10)]
     images: np.ndarray | None = None
     skipped = ""
     try:
-        data = load_dataset(
-            study.config["dataset"], Path(data_dir or study.config["data_dir"]), download=False
-        )
-        images = data.test.head(study.config.get("limit_test")).images.numpy()
+        folder = Path(data_dir or study.config["data_dir"])
+        limit = study.config.get("limit_test")
+        images = load_test_images(study.config["dataset"], folder, limit).numpy()
     except NormlabError as exc:
         skipped = str(exc)
     grids: list[Block] = [Heading("Misclassified test images")]
