@@ -99,7 +99,7 @@ def test_only_grayscale_gives_one_channel(tmp_path: Path) -> None:
             write_image(root / split / c / "0.png", ord(c), "L", 28)
     data = load_dataset(str(root), tmp_path / "data")
     assert data.input_shape == (1, 28, 28)
-    assert choose_arch(data.input_shape) == ARCHS["mnist-h7"]
+    assert choose_arch(data.input_shape) == ARCHS["mnist-s7"]
 
 
 def empty_classes(root: Path) -> None:
@@ -280,7 +280,7 @@ def test_cifar_network_is_under_50k_parameters(norm: str) -> None:
 
 
 def test_arch_choice_by_shape_and_override() -> None:
-    assert choose_arch((1, 28, 28)) == choose_arch((3, 28, 28)) == ARCHS["mnist-h7"]
+    assert choose_arch((1, 28, 28)) == choose_arch((3, 28, 28)) == ARCHS["mnist-s7"]
     big = choose_arch((3, 100, 64))
     assert big == "16s " + ARCHS["cifar"]  # 100x64 -> 50x32: one stride-2 stem
     assert Net("bn", 3, arch=big)(torch.zeros(2, 3, 100, 64)).shape == (2, 10)

@@ -153,12 +153,12 @@ def test_check_network_refuses_a_spec_that_pools_the_image_away() -> None:
 
 
 def test_check_network_uses_the_datasets_own_network() -> None:
-    """32 groups: the first width the MNIST network (16, 32, 48) refuses is 16, the CIFAR
-    one's (32, 48) is 48; 16 groups divide every width of both."""
+    """8 groups: the first width the MNIST network (16, 28, 32) refuses is 28; 32 groups: the
+    first the CIFAR one's (32, 48) refuses is 48; 4 groups divide every width of both."""
     for dataset in ("mnist", "cifar10"):
-        check_network("auto", INPUT_SHAPES[dataset], ["gn"], 16)
-    with pytest.raises(NormlabError, match="does not divide 16 channels"):
-        check_network("auto", INPUT_SHAPES["mnist"], ["gn"], 32)
+        check_network("auto", INPUT_SHAPES[dataset], ["gn"], 4)
+    with pytest.raises(NormlabError, match="does not divide 28 channels"):
+        check_network("auto", INPUT_SHAPES["mnist"], ["gn"], 8)
     with pytest.raises(NormlabError, match="does not divide 48 channels"):
         check_network("auto", INPUT_SHAPES["cifar10"], ["gn"], 32)
     check_network("auto", None, ["gn"], 16)  # an image folder: checked once it has loaded

@@ -390,8 +390,8 @@ def test_fresh_recovers_from_a_damaged_study_json(tmp_path: Path, damage: bytes)
 def test_diverging_run_is_marked_and_the_study_goes_on(mnist_dir: Path, tmp_path: Path):
     """At a peak learning rate of 100 the network without normalization overflows, while
     GroupNorm's scale invariance keeps its loss finite. The diverged run keeps the metrics of
-    its good epochs and no model.pt or predictions.npz (its weights are NaN). On `mnist`: the
-    default `mnist-h7` without a norm does not overflow there (its ReLUs die first)."""
+    its good epochs and no model.pt or predictions.npz (its weights are NaN). On `mnist`:
+    `mnist-h7`, the default when this was written, does not overflow there (its ReLUs die)."""
     out = tmp_path / "study"
     args = ["run", "--data-dir", mnist_dir, "--variants", "none,gn", "--lr", "100"]
     args += ["--model", "mnist"]

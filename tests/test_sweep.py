@@ -507,7 +507,7 @@ def test_a_resumed_study_keeps_the_network_it_started_with(
     not finish an old folder's runs on another network."""
     config = parse_study(tiny(mnist_dir, variants=["gn"], seeds=2, epochs=1, limit_train=64))
     run_study(config, tmp_path / "out")
-    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist-h7"]
+    assert read_json(tmp_path / "out/study.json")["data"]["network"] == ARCHS["mnist-s7"]
     monkeypatch.setattr(study_module, "choose_arch", lambda shape, model: "8 M 8")
     with pytest.raises(NormlabError, match=r"was trained with network '.*', but it would now"):
         run_study(config, tmp_path / "out")
