@@ -111,9 +111,6 @@ class PoolExecutor(Executor):
         self.threads = threads or max(1, available_cores() // workers)
 
     def plan(self, runs: int, device: torch.device) -> int:
-        """Also starts the fork server (`start_fork_server`): the study plans before it loads
-        its data, so the server's imports run beside the loading instead of after it."""
-        start_fork_server()
         return self.threads
 
     def execute(
@@ -172,23 +169,15 @@ def pool_context() -> BaseContext:
     """
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
-    start_fork_server()
     ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "torch._dynamo"])
+    resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
+    with ctrl_c_held():
+        forkserver.ensure_running()
     ready = ctx.Process(target=int)  # waits out the server's imports while Ctrl-C still works
     ready.start()
     ready.join()
     return ctx
-
-
-def start_fork_server() -> None:
-    """On Linux, the fork server of `pool_context`, started if it is not running yet. Returns
-    at once: the server does its imports (about 3 s of CPU here) in its own process."""
-    if not sys.platform.startswith("linux"):
-        return
-    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__, "torch._dynamo"])
-    resource_tracker.ensure_running()  # it unblocks SIGINT once it has started: start it first
-    with ctrl_c_held():
-        forkserver.ensure_running()
 
 
 def auto_workers(runs: int, cores: int) -> int:

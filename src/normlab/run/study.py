@@ -235,11 +235,11 @@ def run_study(
     note = prepare_folder(out, config, fresh)
     if note:
         reporter.note(note)
-    runs = config.runs()
-    threads = executor.plan(len(runs), device)  # first: a fork server imports meanwhile
     data = load_study_data(config, device)
+    runs = config.runs()
     config.check_network(data.input_shape, len(data.train))
     bf16 = use_bf16(device, config.train.precision)
+    threads = executor.plan(len(runs), device)
     record = study_record(config, data, environment(device, bf16, threads))
     same_resolution(stored_study(out / "study.json"), record, out)
     write_json(out / "study.json", record)
