@@ -17,7 +17,7 @@ from PIL import Image
 from normlab.config import StudyConfig, TrainOptions, Variant
 from normlab.core.augment import parse_augment, prepare_batch, random_crop, random_flip
 from normlab.core.models import ARCHS, Net, choose_arch, count_params
-from normlab.data import load_dataset, load_test_images
+from normlab.data import Dataset, load_dataset, load_test_images
 from normlab.data.imagefolder import cache_dir, extract
 from normlab.errors import NormlabError
 from normlab.run.study import run_study
@@ -65,7 +65,9 @@ def test_image_folder_trains_one_epoch_through_the_cli(tmp_path: Path) -> None:
     assert len(preds["pred"]) == 12
 
 
-def test_test_images_alone_are_the_loaded_test_split(mnist, mnist_dir, tmp_path) -> None:
+def test_test_images_alone_are_the_loaded_test_split(
+    mnist: Dataset, mnist_dir: Path, tmp_path: Path
+) -> None:
     """What the galleries show: MNIST's test file read alone, or an image folder's test split,
     equals the test split of the whole dataset, cut to the limit."""
     folder = make_folder(tmp_path / "images")

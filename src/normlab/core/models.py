@@ -50,8 +50,8 @@ from normlab.core.norms import conv_layer, make_activation, make_norm
 from normlab.errors import NormlabError, first_line
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
-# mnist-s7 (1x28x28, the default since issue 13): mnist-h7 behind a stride-2 stem, with 28 and 32
-#   channels (28,082 parameters): the default study in under 5 minutes on a 2-core CPU, every
+# mnist-s7 (1x28x28, the default, for issue 13's bar): mnist-h7 behind a stride-2 stem, with 28 and
+#   32 channels (28,082 parameters): the default study in under 5 minutes on a 2-core CPU, every
 #   default variant at 99.4% in its last 3 epochs (docs/results/mnist-s7); one epoch of 2,000
 #   images: bn 92.3, gn 91.4, ln 91.5% with seed 0 (docs/results/mnist-s7-search).
 # mnist-h7 (1x28x28, the default before, since it learns in a first short epoch with every
@@ -62,10 +62,10 @@ from normlab.errors import NormlabError, first_line
 # mnist-8k (1x28x28): the same plan in 7,578 parameters, the best global-pooling network of the
 #   search for the course's under-8,000 tier in docs/results/mnist-8k; no recipe tried there
 #   holds 99.4% with every norm in every one of the last three epochs (nor with an H3 head).
-# mnist-h3 (1x28x28): mnist read by an H3 head (18,650 parameters): gn and ln learn faster in
-#   their first epoch, ln and bn+l1 end under 99.4% (docs/results/mnist-head).
-# cifar (3x32x32): a stride-2 stem to 16x16 (faster than full resolution and pooling), then the
-#   channels grow at 16x16 and 8x8.
+# mnist-h3 (1x28x28): mnist read by an H3 head (18,650 parameters): gn and ln learn faster at first,
+#   ln and bn+l1 end under 99.4% (docs/results/short-runs-h3, mnist-head).
+# cifar (3x32x32): a stride-2 stem to 16x16 (faster than full resolution and pooling, a one-off
+#   measurement), then the channels grow at 16x16 and 8x8.
 # cifar-50k (3x32x32): the under-50,000 network of the CIFAR-10 search: a pooled stem, RN and an
 #   H2 head (49,290 parameters); after 20 epochs bn 81.3, gn 80.7 (--groups 4), ln 80.2% with
 #   seed 0 (docs/results/cifar10-pool-stem).
