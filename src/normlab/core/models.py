@@ -51,7 +51,7 @@ from normlab.errors import NormlabError, first_line
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
 # mnist-s7 (1x28x28, the default, for issue 13's bar): mnist-h7 behind a stride-2 stem, with 28 and
-#   32 channels (28,082 parameters): the default study in under 5 minutes on a 2-core CPU, every
+#   32 channels (28,082 parameters): the default study in 4:44 to 5:09 on a 2-core CPU, every
 #   default variant at 99.4% in its last 3 epochs (docs/results/mnist-s7); one epoch of 2,000
 #   images: bn 92.3, gn 91.4, ln 91.5% with seed 0 (docs/results/mnist-s7-search).
 # mnist-h7 (1x28x28, the default before, since it learns in a first short epoch with every
