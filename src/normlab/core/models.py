@@ -28,8 +28,8 @@ linear read-out can use from the first step, before the convolutions have learne
 Why the readout scale and `RN` exist (our reading of one-off probes; the README has the
 measurements): after a per-sample norm every image's features have the same length, and much
 of it is a part all images share (the background). A linear read-out of a whole 7x7 map (2,352
-values for 48 channels) then moves every image's logits together by about lr x (the squared
-length of that shared part) per step, which at SGD's lr 0.1 overshoots: without the scale,
+values for mnist-h7's 48 channels) moves every image's logits together by about lr x (the
+squared length of that shared part) per step, which at SGD's lr 0.1 overshoots: without it,
 GroupNorm and LayerNorm ended one epoch of 2,000 images at 20% and 10% on average. Multiplying
 what the head reads by s multiplies that step by s^2 (0.16 at 0.4). A norm after the ReLU hands
 the next layer and the head normalized values instead of the ReLU's half-zero ones
@@ -54,7 +54,7 @@ from normlab.errors import NormlabError, first_line
 #   32 channels (28,082 parameters): the default study in 4:44 to 5:09 on a 2-core CPU, every
 #   default variant at 99.4% in its last 3 epochs (docs/results/mnist-s7); one epoch of 2,000
 #   images: bn 92.3, gn 91.4, ln 91.5% with seed 0 (docs/results/mnist-s7-search).
-# mnist-h7 (1x28x28, the default before, since it learns in a first short epoch with every
+# mnist-h7 (1x28x28, the default before, chosen as it learns in a first short epoch with every
 #   norm): two pooled convolutions and one at 7x7, each block convolution, ReLU, norm (RN), the
 #   whole 7x7 map read at scale 0.4 (42,298 parameters; docs/results/one-epoch-2000, mnist-h7).
 # mnist (1x28x28, the default before mnist-h7): pool after one full-resolution convolution,
