@@ -51,10 +51,17 @@ def _read_idx(cls: type[MNIST], data_dir: Path, download: bool, train: bool) -> 
     return d
 
 
-def _load_idx(
-    cls: type[MNIST], name: str, data_dir: Path, download: bool, classes: list[str]
-) -> Dataset:
+def _idx_class(name: str) -> type[MNIST] | None:
+    """torchvision's class for an IDX dataset's name, None for any other name. Imported on use:
+    importing torchvision takes seconds."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    return {"mnist": MNIST, "fashion-mnist": FashionMNIST}.get(name)
+
+
+def _load_idx(name: str, data_dir: Path, download: bool, classes: list[str]) -> Dataset:
     """Both splits of `_read_idx`, the statistics from the training split."""
+    cls = _idx_class(name)
     splits = [
         Split(d.data.unsqueeze(1).contiguous(), d.targets.long())
         for d in (_read_idx(cls, data_dir, download, train) for train in (True, False))
@@ -66,27 +73,20 @@ def _load_idx(
 def idx_test_images(name: str, data_dir: Path) -> torch.Tensor | None:
     """The test images of MNIST or Fashion-MNIST alone, without downloading (None for other
     datasets): what the report's galleries show. torchvision still wants all four files
-    present, but parses only the test pair: 7.8 MB of MNIST's 55, a fraction of the time and
-    memory `normlab run` would spend reloading both splits after training."""
-    from torchvision.datasets import MNIST, FashionMNIST
-
-    cls = {"mnist": MNIST, "fashion-mnist": FashionMNIST}.get(name)
+    present, but parses only the test pair (7.8 MB of MNIST's 55)."""
+    cls = _idx_class(name)
     return None if cls is None else _read_idx(cls, data_dir, False, False).data.unsqueeze(1)
 
 
 def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
     """MNIST through torchvision, from `data_dir/MNIST/raw` (downloaded there when missing)."""
-    from torchvision.datasets import MNIST
-
-    return _load_idx(MNIST, "mnist", data_dir, download, [str(i) for i in range(10)])
+    return _load_idx("mnist", data_dir, download, [str(i) for i in range(10)])
 
 
 def load_fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
     """Fashion-MNIST through torchvision, from `data_dir/FashionMNIST/raw`: MNIST's format and
     shape (1x28x28, 10 classes), clothing instead of digits."""
-    from torchvision.datasets import FashionMNIST
-
-    return _load_idx(FashionMNIST, "fashion-mnist", data_dir, download, FashionMNIST.classes)
+    return _load_idx("fashion-mnist", data_dir, download, _idx_class("fashion-mnist").classes)
 
 
 def load_cifar10(data_dir: Path, download: bool = True) -> Dataset:
