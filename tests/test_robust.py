@@ -202,22 +202,33 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path: Path, entry: str, default_c
 
 
 @pytest.mark.parametrize(
-    ("code", "status", "err"), [(None, 0, ""), (3, 3, ""), ("bad", 1, "bad\n")]
+    ("code", "status", "err"),
+    [(None, 0, ""), (3, 3, ""), (True, 1, ""), ("bad", 1, "bad\n"), ([1], 1, "[1]\n")],
 )
 def test_leave_ends_as_sys_exit_would(code: object, status: int, err: str):
-    """`leave` skips the interpreter's teardown (after torch's import, 125 MB more resident
-    memory) but keeps what `sys.exit` does: other threads finish, atexit handlers run, output
-    still in the buffers is written, the status is the same. stdout is a pipe here, and
-    buffered (PYTHONUNBUFFERED dropped): an `os._exit` without the flush would lose it all."""
+    """`leave` keeps what `sys.exit` does: other threads finish, an idle executor's worker is
+    stopped (its hook is the threads' shutdown, not atexit: joining it alone hangs), atexit
+    handlers run, output still in the buffers is written, the status is the same. It skips the
+    interpreter's teardown, where a module-level object's `__del__` would run (after torch's
+    import that teardown costs 125 MB). stdout is a pipe here, and buffered (PYTHONUNBUFFERED
+    dropped): an `os._exit` without the flush would lose it all."""
     prog = (
-        "import atexit, threading, time; from normlab.__main__ import leave; "
-        "atexit.register(lambda: print('handler ran')); print('buffered', end=''); "
-        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread', end=''))).start(); "
-        f"leave({code!r})"
+        "import atexit, os, threading, time\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from normlab.__main__ import leave\n"
+        "class Torn:\n"
+        "    def __del__(self): os.write(2, b'teardown')\n"
+        "torn = Torn()\n"
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(int).result()\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "print('buffered', end='')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread', end=''))).start()\n"
+        f"leave({code!r})\n"
     )
     env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.run(
-        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=20
     )
     assert (proc.returncode, proc.stderr) == (status, err)
     assert proc.stdout == "bufferedthreadhandler ran\n"

@@ -7,8 +7,9 @@ shell's status for an interrupted command, as it does later on. It leaves at onc
 nothing has run, so nothing is lost, and the interpreter's shutdown after a half-done import of
 torch sometimes ended the process by the signal itself instead (1 start in 10 here).
 
-Every command ends through `leave`, which skips the interpreter's teardown: after torch is
-imported, that teardown is the process's costliest second in memory."""
+A command that ends by `sys.exit` (every one but a crash, whose traceback takes the usual way
+out) ends through `leave`, which skips the interpreter's teardown: after torch is imported, that
+teardown is the process's costliest second in memory."""
 
 import atexit
 import os
@@ -35,21 +36,26 @@ def main() -> None:
 
 
 def leave(code: object) -> NoReturn:
-    """End the process as `sys.exit(code)` would, but without the interpreter's teardown:
-    the other threads joined, the atexit handlers run (multiprocessing's among them), the
-    streams flushed, then `os._exit`. Python's teardown after importing torch (its CUDA build)
-    pages in about 125 MB that nothing used before and takes about a second (a bare `import
-    torch` peaks at 509 MiB and ends at 634 MiB, in 3.8 s instead of 2.7; one-off timings), so
-    it was the default study's peak memory: 996,424 KiB with it, 872,892 without, on one
-    epoch."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
+    """End the process as `sys.exit(code)` would, but without the interpreter's teardown: a
+    code that is not an int written to stderr, the threads' shutdown (`threading._shutdown`, as
+    the interpreter's own: the other threads joined after the hooks that stop idle executors),
+    the atexit handlers (multiprocessing's among them), Python's streams flushed, then
+    `os._exit`. A flush into a closed pipe ends with status 120, as Python's own shutdown does.
+
+    Python's teardown after importing torch (its CUDA build) pages in about 125 MB that nothing
+    used before: a bare `import torch` has a max RSS of 509 MiB when it leaves by `os._exit`,
+    634 MiB through the teardown, and takes about a second longer (one-off timings). It was the
+    default study's peak memory (docs/results/timings/mnist-s7-default-study.txt: 997,132-998,828
+    KiB before this, 872,880-873,096 KiB after)."""
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the reader went away (a closed pipe), or a stream was closed
+        os._exit(120)
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
