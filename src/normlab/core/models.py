@@ -51,9 +51,9 @@ from normlab.errors import NormlabError, first_line
 
 # Named specs, chosen for accuracy per FLOP on a CPU.
 # mnist-s7 (1x28x28, the default, for issue 13's bar): mnist-h7 behind a stride-2 stem, with 28 and
-#   32 channels (28,082 parameters): the default study in 4:44 to 5:09 on one 2-core CPU, 2:07 to
-#   3:18 on a faster one, every default variant at 99.4% in its last 3 epochs (docs/results/
-#   mnist-s7); one epoch of 2,000: bn 92.3, gn 91.4, ln 91.5% (seed 0, docs/results/mnist-s7-search)
+#   32 channels (28,082 parameters): the default study in 4:44-5:09 on one 2-core CPU, 2:07-3:18
+#   on a faster one, each default variant at 99.4% in its last 3 epochs (docs/results/mnist-s7);
+#   one epoch of 2,000 images: bn 92.3, gn 91.4, ln 91.5% (seed 0; docs/results/mnist-s7-search).
 # mnist-h7 (1x28x28, the default before, chosen as it learns in a first short epoch with every
 #   norm): two pooled convolutions and one at 7x7, each block convolution, ReLU, norm (RN), the
 #   whole 7x7 map read at scale 0.4 (42,298 parameters; docs/results/one-epoch-2000, mnist-h7).
