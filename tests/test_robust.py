@@ -234,6 +234,23 @@ def test_leave_ends_as_sys_exit_would(code: object, status: int, err: str):
     assert proc.stdout == "bufferedthreadhandler ran\n"
 
 
+def test_leave_into_a_closed_pipe_exits_120_and_still_flushes_stderr():
+    """A reader that went away (`normlab ... | head`): stdout's flush fails, and as in Python's
+    own exit the status becomes 120 and stderr is still flushed, without a traceback."""
+    prog = (
+        "import os, sys\n"
+        "from normlab.__main__ import leave\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+        "print('buffered', end=''); sys.stderr.write('partial')\n"
+        "leave(3)\n"
+    )
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(
+        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=20
+    )
+    assert (proc.returncode, proc.stderr) == (120, "partial")
+
+
 @pytest.mark.slow
 def test_pool_workers_never_take_ctrl_c():
     """The pool's workers leave Ctrl-C to the driver: a SIGINT sent to one (as a terminal sends

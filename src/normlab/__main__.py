@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from typing import NoReturn
 
 from normlab.errors import INTERRUPTED
@@ -36,27 +37,37 @@ def main() -> None:
 
 
 def leave(code: object) -> NoReturn:
-    """End the process as `sys.exit(code)` would, but without the interpreter's teardown: a
-    code that is not an int written to stderr, the threads' shutdown (`threading._shutdown`, as
-    the interpreter's own: the other threads joined after the hooks that stop idle executors),
-    the atexit handlers (multiprocessing's among them), Python's streams flushed, then
-    `os._exit`. A flush into a closed pipe ends with status 120, as Python's own shutdown does.
+    """End the process as `sys.exit(code)` would, but without the interpreter's teardown, in
+    CPython's order: a code that is not an int written to stderr; the threads' shutdown
+    (`threading._shutdown`: the hooks that stop idle executors, then the other threads joined;
+    an error there reported, not raised); the atexit handlers (multiprocessing's among them);
+    Python's open streams flushed (a failed flush, such as into a closed pipe, makes the status
+    120, as in Python's own exit); then `os._exit`. From a thread other than the main one it is
+    plain `sys.exit`: that thread cannot wait for the main one.
 
     Python's teardown after importing torch (its CUDA build) pages in about 125 MB that nothing
     used before: a bare `import torch` has a max RSS of 509 MiB when it leaves by `os._exit`,
     634 MiB through the teardown, and takes about a second longer (one-off timings). It was the
     default study's peak memory (docs/results/timings/mnist-s7-default-study.txt: 997,132-998,828
     KiB before this, 872,880-873,096 KiB after)."""
-    if code is not None and not isinstance(code, int):
+    if threading.current_thread() is not threading.main_thread():
+        sys.exit(code)
+    if code is not None and not isinstance(code, int) and sys.stderr is not None:
         sys.stderr.write(f"{code}\n")
-    threading._shutdown()
-    atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # the reader went away (a closed pipe), or a stream was closed
-        os._exit(120)
-    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+        threading._shutdown()
+    except BaseException:  # e.g. a second Ctrl-C while waiting for a thread
+        traceback.print_exc()
+    atexit._run_exitfuncs()
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
+        try:
+            stream.flush()
+        except Exception:  # the reader went away (a closed pipe), or the disk is full
+            status = 120
+    os._exit(status & 0xFF)
 
 
 if __name__ == "__main__":
