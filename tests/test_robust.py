@@ -201,6 +201,15 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path: Path, entry: str, default_c
     assert not out.exists()
 
 
+def run_buffered(prog: str) -> subprocess.CompletedProcess:
+    """`python -c prog` with its output as text, piped and buffered (PYTHONUNBUFFERED dropped),
+    as `normlab ... | less` has it: what an exit that skips Python's flush would lose."""
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=20
+    )
+
+
 @pytest.mark.parametrize(
     ("code", "status", "err"),
     [(None, 0, ""), (3, 3, ""), (True, 1, ""), ("bad", 1, "bad\n"), ([1], 1, "[1]\n")],
@@ -210,8 +219,8 @@ def test_leave_ends_as_sys_exit_would(code: object, status: int, err: str):
     stopped (its hook is the threads' shutdown, not atexit: joining it alone hangs), atexit
     handlers run, output still in the buffers is written, the status is the same. It skips the
     interpreter's teardown, where a module-level object's `__del__` would run (after torch's
-    import that teardown costs 125 MB). stdout is a pipe here, and buffered (PYTHONUNBUFFERED
-    dropped): an `os._exit` without the flush would lose it all."""
+    import that teardown costs 125 MB). stdout is buffered (`run_buffered`): an `os._exit`
+    without the flush would lose it all."""
     prog = (
         "import atexit, os, threading, time\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
@@ -226,10 +235,7 @@ def test_leave_ends_as_sys_exit_would(code: object, status: int, err: str):
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread', end=''))).start()\n"
         f"leave({code!r})\n"
     )
-    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
-    proc = subprocess.run(
-        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=20
-    )
+    proc = run_buffered(prog)
     assert (proc.returncode, proc.stderr) == (status, err)
     assert proc.stdout == "bufferedthreadhandler ran\n"
 
@@ -244,10 +250,7 @@ def test_leave_into_a_closed_pipe_exits_120_and_still_flushes_stderr():
         "print('buffered', end=''); sys.stderr.write('partial')\n"
         "leave(3)\n"
     )
-    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
-    proc = subprocess.run(
-        [sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=20
-    )
+    proc = run_buffered(prog)
     assert (proc.returncode, proc.stderr) == (120, "partial")
 
 
