@@ -111,7 +111,7 @@ anything = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 train_fields = ["epochs", "batch_size", "lr", "momentum", "groups", "precision", "augment"]
-train_fields += ["norm_batch", "precise_bn", "anneal"]
+train_fields += ["norm_batch", "precise_bn", "anneal", "swa_epochs"]
 study_fields = ["dataset", "data_dir", "variants", "seeds", "train", "limit_train", "device"]
 study_fields += ["norm_batches"]
 

@@ -458,6 +458,10 @@ def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
     stored = read_study(sweep)
     stored.config["train"]["anneal"] = "cos"
     assert "OneCycle (cosine anneal); batch size" in dict(run_blocks(stored)[0].rows)["optimizer"]
+    stored.config["train"]["swa_epochs"] = 5
+    assert dict(run_blocks(stored)[0].rows)["optimizer"].endswith(
+        "; SWA: lr held for the last 5 epochs, tested on their average weights"
+    )
 
 
 def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:

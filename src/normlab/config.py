@@ -90,6 +90,7 @@ class TrainOptions(Validated):
     norm_batch: Count | None = None  # images a BatchNorm statistic spans (core.ghost); None: all
     precise_bn: Annotated[int, Field(ge=0)] = PRECISE_BN_BATCHES  # core.evaluation; 0: off
     activation_stats: bool = False  # the norm layers' statistics (core.activations)
+    swa_epochs: Annotated[int, Field(ge=0)] = 0  # weight averaging at the end (core.average)
 
     @field_validator("augment")
     @classmethod
@@ -125,6 +126,16 @@ class TrainOptions(Validated):
         without recompiling (core.activations), so the two are refused together."""
         if self.activation_stats and self.compile:
             raise ConfigError("activation_stats", " cannot be combined with compile")
+        return self
+
+    @model_validator(mode="after")
+    def _swa_after_training(self) -> TrainOptions:
+        """Averaging needs epochs of the schedule before it to average around."""
+        if self.swa_epochs >= self.epochs:
+            raise ConfigError(
+                "swa_epochs",
+                f" must be less than epochs ({self.epochs}), got {self.swa_epochs}",
+            )
         return self
 
 

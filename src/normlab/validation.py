@@ -36,6 +36,7 @@ RANGES = {
     "lr": "one or more distinct positive numbers",
     "norm_batch": "one or more distinct positive integers",
     "precise_bn": "a number of batches, 0 or more",
+    "swa_epochs": "0 (off) or a number of epochs",
     "momentum": f"0 (plain SGD) or a number from {MOMENTUM_SWING} to {MAX_MOMENTUM}",
     "l1": "a non-negative finite number",
     "l2": "a non-negative finite number",

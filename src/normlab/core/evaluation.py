@@ -109,11 +109,14 @@ def frozen_statistics(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def recompute_statistics(ctx: RunContext, data: Dataset, count: int) -> int:
-    """Precise BN (`recompute_bn_statistics`) over the first `count` training batches of the
-    run's batch size (whole ones, as many as the split has, at least one), unaugmented as the
-    test images are, so it uses no random numbers. Ghost batches stay on: the averages are of
-    the statistics the layers trained with. Returns how many batches it averaged."""
+def recompute_statistics(
+    ctx: RunContext, data: Dataset, count: int, model: nn.Module | None = None
+) -> int:
+    """Precise BN (`recompute_bn_statistics`) of `model` (the run's by default) over the first
+    `count` training batches of the run's batch size (whole ones, as many as the split has, at
+    least one), unaugmented as the test images are, so it uses no random numbers. Ghost batches
+    stay on: the averages are of the statistics the layers trained with. Returns how many
+    batches it averaged."""
     size = ctx.opts.batch_size
     count = max(1, min(count, len(data.train) // size))
     head = data.train.head(count * size)
@@ -122,7 +125,7 @@ def recompute_statistics(ctx: RunContext, data: Dataset, count: int) -> int:
         for images, _ in batches(head, size)
     )
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
-        recompute_bn_statistics(ctx.model, inputs)
+        recompute_bn_statistics(ctx.model if model is None else model, inputs)
     return count
 
 

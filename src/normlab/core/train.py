@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from normlab.config import TrainOptions, Variant
+from normlab.core import average as swa
 from normlab.core.activations import ActivationProbe
 from normlab.core.augment import augment_for, parse_augment, prepare_batch
 from normlab.core.checkpoint import load_checkpoint, save_checkpoint
@@ -163,6 +165,8 @@ class RunContext:
     device: torch.device
     eval_batch: int
     probe: ActivationProbe
+    average: AveragedModel | None  # SWA's average of the weights (core.average), when on
+    swa_from: int  # optimizer steps before averaging begins
 
 
 def make_context(
@@ -191,6 +195,8 @@ def make_context(
         device=device,
         eval_batch=eval_batch_size(device, opts.eval_batch_size, data.input_shape),
         probe=ActivationProbe(model, enabled=opts.activation_stats),
+        average=swa.make_average(model, opts),
+        swa_from=swa.averaging_starts(opts, steps_per_epoch(len(data.train), opts.batch_size)),
     )
 
 
@@ -201,7 +207,8 @@ def train_step(
 
     The loss is taken on float logits whatever the autocast precision, so bf16 rounds the
     network's arithmetic but not the softmax. The L1 gradient goes in between `backward` and
-    the step (see `add_l1_grad`); the schedule advances once per batch."""
+    the step (see `add_l1_grad`); the schedule advances once per batch (in SWA's epochs the
+    average takes the new weights instead: `average.advance`)."""
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.bf16):
         logits = ctx.net(x)
     loss = F.cross_entropy(logits.float(), labels)
@@ -210,7 +217,7 @@ def train_step(
     if ctx.variant.l1:
         add_l1_grad(ctx.model, ctx.variant.l1)
     ctx.opt.step()
-    ctx.sched.step()
+    swa.advance(ctx)
     return loss, logits
 
 
@@ -239,8 +246,10 @@ def train_epoch(
 
 
 def test_pass(ctx: RunContext, data: Dataset) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """`evaluate` on the test split with the run's own network, precision and batch size."""
-    return evaluate(ctx.net, data.test, data, ctx.eval_batch, ctx.bf16, MEMORY_FORMAT)
+    """`evaluate` on the test split with the run's network (or SWA's average of it, see
+    `average.tested_network`), precision and batch size."""
+    net = swa.tested_network(ctx, data)
+    return evaluate(net, data.test, data, ctx.eval_batch, ctx.bf16, MEMORY_FORMAT)
 
 
 def training_state(ctx: RunContext, metrics: list[EpochMetrics]) -> dict:
@@ -252,6 +261,7 @@ def training_state(ctx: RunContext, metrics: list[EpochMetrics]) -> dict:
         "generator": ctx.generator.get_state(),
         "metrics": [asdict(x) for x in metrics],
         "activations": ctx.probe.state(),
+        "average": None if ctx.average is None else ctx.average.state_dict(),
     }
 
 
@@ -264,6 +274,8 @@ def resume(ctx: RunContext, checkpoint: Path) -> list[EpochMetrics]:
     ctx.sched.load_state_dict(state["scheduler"])
     ctx.generator.set_state(state["generator"].cpu())
     ctx.probe.load(state.get("activations"))
+    if ctx.average is not None:
+        ctx.average.load_state_dict(state["average"])
     return [EpochMetrics(**m) for m in state["metrics"]]
 
 
@@ -328,6 +340,7 @@ def train_run(
             on_epoch(m)
     if not result.predictions:  # resumed from a checkpoint of the last epoch
         _, _, result.predictions = test_pass(ctx, data)
+    swa.adopt_average(ctx)
     result.statistics_gap = statistics_gap(ctx, data, metrics[-1].test_acc)
     result.state_dict = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
     result.activations = ctx.probe.result()

@@ -35,10 +35,12 @@ def _optimizer(study: StoredStudy) -> str:
     m = t["momentum"]
     swing = f"Nesterov momentum around {m:g} (OneCycle moves it against the lr)"
     cosine = " (cosine anneal)" if t.get("anneal") == "cos" else ""
+    n = t.get("swa_epochs", 0)
+    swa = f"; SWA: lr held for the last {n} epochs, tested on their average weights" if n else ""
     sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle{cosine}"
     if len(pairs) == 1:
-        return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}"
-    return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs)
+        return f"{sgd} peak lr {pairs[0][1]:g}, batch {pairs[0][0]}{swa}"
+    return f"{sgd}; batch size at peak lr: " + ", ".join(f"{b} at {lr:g}" for b, lr in pairs) + swa
 
 
 def norm_batches(study: StoredStudy) -> str:

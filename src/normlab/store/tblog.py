@@ -46,6 +46,7 @@ def hyperparameters(run: RunSpec) -> dict[str, float | int | str]:
         "lr": opts.lr,
         "momentum": opts.momentum,
         "anneal": opts.anneal,
+        "swa_epochs": opts.swa_epochs,
         "groups": opts.groups or 0,
     }
 
