@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from normlab.cli.display import RichReporter
 from normlab.config import RunSpec, StudyConfig, TrainOptions, Variant, parse_variant
-from normlab.core.models import ARCHS
+from normlab.core.models import ARCHS, Net, count_params
 from normlab.core.records import EpochMetrics
 from normlab.data import steps_per_epoch
 from normlab.errors import NormlabError
@@ -61,8 +61,22 @@ def tiny(data_dir: Path, **changes: object) -> dict:
 # --- study files -----------------------------------------------------------------------------
 
 
+def test_the_under_8k_preset_is_the_searched_recipe_under_8000_parameters() -> None:
+    """Issue 13's tier: one network under 8,000 parameters with every variant the preset lists,
+    and the recipe of the committed study it reproduces (docs/results/mnist-8k/swa5-g2.yaml, with
+    the network by name and seeds 0 and 1)."""
+    preset = load_study("under-8k")
+    searched = load_study(str(REPO / "docs" / "results" / "mnist-8k" / "swa5-g2.yaml"))
+    assert preset.train == dataclasses.replace(searched.train, model="mnist-8k-h3")
+    assert ARCHS["mnist-8k-h3"] == searched.train.model and preset.seeds == 2
+    assert [v.name for v in preset.variants] == ["gn", "ln", "bn", "bn+l1"]
+    for variant in preset.variants:
+        net = Net(variant.norm, arch=ARCHS["mnist-8k-h3"], groups=preset.train.groups)
+        assert count_params(net) < 8_000
+
+
 def test_presets_expand_to_the_runs_the_issue_names() -> None:
-    assert {"assignment", "l1-l2-grid", "batch-size"} <= set(presets())
+    assert {"assignment", "l1-l2-grid", "batch-size", "under-8k"} <= set(presets())
     grid = load_study("l1-l2-grid")
     runs = grid.runs()
     assert len(runs) == 15
