@@ -1,10 +1,11 @@
 """The results table of a network search: one row per run of the given study folders.
 
 Each row names the network, its parameter count, the variant (with its group count when a grouped
-norm ran with one of its own, `--groups`), the batch size, the peak learning rate, the shape of
-its ramps (`anneal`: linear, or cos; a study from before the setting existed ran linear), the
-augmentation, the seed, the test accuracy of the last three epochs (`--last`) and whether all of
-them reach the bar (99.4% by default: the course's tier for MNIST networks under 8,000
+norm ran with one of its own, `--groups`), the batch size, the peak learning rate, the schedule
+(the shape of its ramps, `anneal`: linear, or cos, linear for a study from before the setting
+existed; `+ SWA 5` when its last 5 epochs were weight-averaged, `swa_epochs`), the augmentation,
+the seed, the test accuracy of the last three epochs (`--last`) and whether all of them reach the
+bar (99.4% by default: the course's tier for MNIST networks under 8,000
 parameters; CIFAR-10's bar is 80% in the final epoch, `--bar 80 --last 1`).
 The rows come from the folders' own files (study.json, run.json, metrics.csv), so the table can
 be regenerated from the committed studies at any time:
@@ -32,6 +33,11 @@ def finished_runs(study: Path) -> list[tuple[str, dict, list[dict[str, float]]]]
     return out
 
 
+def swa(epochs: int) -> str:
+    """The schedule column's note of weight averaging over the last `epochs` epochs."""
+    return f" + SWA {epochs}" if epochs else ""
+
+
 def rows(study: Path, bar: float, last_n: int) -> list[list[str]]:
     """One table row per finished run of the study folder `study`."""
     network = read_json(study / "study.json")["data"].get(
@@ -49,7 +55,7 @@ def rows(study: Path, bar: float, last_n: int) -> list[list[str]]:
                 path.rsplit("/", 1)[0] + (f" ({groups} groups)" if groups is not None else ""),
                 str(train["batch_size"]),
                 f"{train['lr']:g}",
-                train.get("anneal", "linear"),
+                train.get("anneal", "linear") + swa(train.get("swa_epochs", 0)),
                 train["augment"],
                 str(run["config"]["seed"]),
                 " / ".join(f"{a:.2f}" for a in last),
@@ -66,7 +72,7 @@ def main() -> None:
     parser.add_argument("--bar", type=float, default=99.4, help="test accuracy %% to reach")
     parser.add_argument("--last", type=int, default=3, help="final epochs that must reach it")
     args = parser.parse_args()
-    header = ["network", "params", "variant", "batch", "lr", "anneal", "augment", "seed"]
+    header = ["network", "params", "variant", "batch", "lr", "schedule", "augment", "seed"]
     header += [f"last {args.last} epoch{'s' if args.last > 1 else ''} %", "all >= bar", "study"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
