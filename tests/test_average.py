@@ -9,8 +9,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from normlab.config import PRECISE_BN_BATCHES, TrainOptions, parse_variant
+from normlab.core.average import WeightAverage
 from normlab.core.device import MEMORY_FORMAT
 from normlab.core.evaluation import evaluate, recompute_statistics
 from normlab.core.train import make_context, train_epoch, train_run
@@ -36,19 +38,21 @@ def data() -> Dataset:
 
 
 def test_averaging_holds_the_lr_and_averages_every_step_of_the_last_epochs(data: Dataset):
-    """8 steps an epoch: the lr moves over the first 16 steps and stays where the 16th left it
-    for the last 8, and the average is the mean of the weights after each of those 8."""
+    """8 steps an epoch: the lr and the momentum move over the first 16 steps and stay where
+    the 16th left them for the last 8, and the average is the mean of the weights after each of
+    those 8."""
     ctx = make_context(parse_variant("gn"), 0, data, SWA, CPU, total_steps=24)
-    lrs: list[float] = []
+    settings: list[tuple[float, float]] = []
     weights: list[torch.Tensor] = []
 
     def record() -> None:
-        lrs.append(ctx.opt.param_groups[0]["lr"])
+        group = ctx.opt.param_groups[0]
+        settings.append((group["lr"], group["momentum"]))
         weights.append(flat(ctx.model))
 
     for _ in range(3):
         train_epoch(ctx, data, on_step=record)
-    assert len(set(lrs[:16])) == 16 and lrs[15:] == [lrs[15]] * 9
+    assert len(set(settings[:16])) == 16 and settings[15:] == [settings[15]] * 9
     assert ctx.sched.last_epoch == ctx.swa_from == 16
     averaged = flat(ctx.average.module)
     torch.testing.assert_close(averaged, torch.stack(weights[16:]).mean(0))
@@ -67,7 +71,6 @@ def test_a_run_stores_and_reports_the_average(data: Dataset, norm: str):
     assert acc == result.metrics[-1].test_acc
     assert torch.equal(predictions["pred"], result.predictions["pred"])
     assert [m.test_acc for m in result.metrics[:2]] == [m.test_acc for m in plain.metrics[:2]]
-    assert any(not torch.equal(result.state_dict[k], plain.state_dict[k]) for k in plain.state_dict)
     recompute_statistics(ctx, data, PRECISE_BN_BATCHES)  # bn: statistics of these weights
     for key, value in ctx.model.state_dict().items():
         torch.testing.assert_close(value, result.state_dict[key], msg=key)
@@ -103,9 +106,36 @@ def test_a_run_killed_while_averaging_resumes_to_the_same_result(data: Dataset, 
         assert torch.equal(resumed.state_dict[key], value), key
 
 
-def test_averaging_needs_epochs_before_it():
-    with pytest.raises(NormlabError, match=r"swa_epochs must be less than epochs \(3\), got 3"):
-        TrainOptions(epochs=3, swa_epochs=3)
+def test_the_average_is_torchs_swa_average_bit_for_bit(data: Dataset):
+    """`WeightAverage` keeps its count on the host; its arithmetic is `AveragedModel`'s, so the
+    committed studies (run with `AveragedModel`) are what this code gives."""
+    model = make_context(parse_variant("bn"), 0, data, SWA, CPU, total_steps=24).model
+    ours, torchs = WeightAverage(model), AveragedModel(model)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(7):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        ours.add(model)
+        torchs.update_parameters(model)
+    assert ours.count == torchs.n_averaged.item() == 7
+    for mine, theirs in zip(ours.module.parameters(), torchs.module.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_activation_statistics_keep_counting_steps_while_averaging(data: Dataset):
+    """The schedule's step count stops when averaging begins; where the probe places its
+    measurements must not: each epoch's lie after the last one's."""
+    opts = replace(SWA, epochs=4, swa_epochs=2, activation_stats=True)
+    points = train_run(parse_variant("gn"), 0, data, opts, CPU).activations.epoch
+    assert (points.diff() > 0).all() and points.max() > 3
+
+
+def test_averaging_starts_after_the_warm_up():
+    """The held lr must be one on the way down: at most three quarters of the epochs."""
+    TrainOptions(epochs=20, swa_epochs=15)
+    with pytest.raises(NormlabError, match=r"at most 15 of 20 epochs, got 16; raise epochs"):
+        TrainOptions(epochs=20, swa_epochs=16)
     with pytest.raises(NormlabError, match=r"swa_epochs must be 0 \(off\) or a number of epochs"):
         TrainOptions(swa_epochs=-1)
 
@@ -114,4 +144,11 @@ def test_a_study_file_averaging_all_its_epochs_is_one_line(capsys, tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text("dataset: mnist\nepochs: 2\nswa_epochs: 2\nvariants: [gn]\n")
     code, _, err = main_in_process(capsys, "sweep", study, "--out", tmp_path / "out")
-    assert_one_line_error(code, err, "swa_epochs must be less than epochs (2), got 2")
+    assert_one_line_error(code, err, "swa_epochs must leave", "at most 1 of 2 epochs, got 2")
+
+
+def test_the_preset_cut_to_fewer_epochs_than_it_averages_is_one_line(capsys, tmp_path):
+    args = ["sweep", "under-8k", "--epochs", "5", "--out", tmp_path / "out"]
+    code, _, err = main_in_process(capsys, *args)
+    assert_one_line_error(code, err, "preset 'under-8k'", "at most 3 of 5 epochs, got 5")
+    assert not (tmp_path / "out").exists()

@@ -464,6 +464,24 @@ def test_run_blocks_of_a_sweep_show_the_batch_sizes_and_lrs_it_ran() -> None:
     )
 
 
+def test_the_train_test_gap_of_an_averaged_study_says_what_each_side_measures() -> None:
+    """With SWA the test side is the average's and the train side the trained weights': the gap
+    is not the augmentation's alone (docs/results/mnist-8k's swa5-g2 ends every norm below 0)."""
+    from normlab.report.findings import study_findings
+    from normlab.report.text import gap_item, statistics_gap_blocks
+    from normlab.store.reader import read_study
+
+    folder = REPO / "docs" / "results" / "mnist-8k" / "search"
+    averaged = gap_item(study_findings(read_study(folder / "swa5-g2")))
+    assert "in the last 5 epochs (SWA) the test accuracy is that of their average" in averaged
+    assert "augmentation makes training harder" not in averaged
+    plain = gap_item(study_findings(read_study(folder / "g2-4seeds")))
+    assert "SWA" not in plain and "augmentation makes training harder" in plain
+    gaps = statistics_gap_blocks(read_study(folder / "swa5-g2"))[1].text
+    assert "already precise BN's, recomputed for the averaged weights" in gaps
+    assert "SWA" not in statistics_gap_blocks(read_study(folder / "g2-4seeds"))[1].text
+
+
 def test_sweep_table_keeps_a_group_whose_seeds_all_diverged(tmp_path: Path) -> None:
     from normlab.config import StudyConfig, parse_variant
     from normlab.report.sweep_figures import results_table

@@ -15,6 +15,7 @@ become a `ConfigError` naming the setting the way the user wrote it: `epochs` in
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from normlab.validation import (
     MOMENTUM_SWING,
     RANGES,
     STRICT,
+    WARM_UP,
     Axis,
     ConfigError,
     Count,
@@ -129,12 +131,16 @@ class TrainOptions(Validated):
         return self
 
     @model_validator(mode="after")
-    def _swa_after_training(self) -> TrainOptions:
-        """Averaging needs epochs of the schedule before it to average around."""
-        if self.swa_epochs >= self.epochs:
+    def _swa_after_the_peak(self) -> TrainOptions:
+        """Averaging holds the lr where the schedule stops (core.average): that must be past
+        the warm-up, or the held lr would be one still rising, not the recipe's."""
+        most = math.floor(self.epochs * (1 - WARM_UP))
+        if self.swa_epochs > most:
             raise ConfigError(
                 "swa_epochs",
-                f" must be less than epochs ({self.epochs}), got {self.swa_epochs}",
+                f" must leave the lr's warm-up (the first quarter of the epochs) to the schedule:"
+                f" at most {most} of {self.epochs} epochs, got {self.swa_epochs}; raise epochs or"
+                " lower swa_epochs in the study file",
             )
         return self
 

@@ -19,6 +19,7 @@ Strength = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # A grid axis arrives as a list (YAML, JSON) and is kept as a tuple; its items stay strict.
 Axis = Field(strict=False, min_length=1)
+WARM_UP = 0.25  # OneCycle's share of the steps that rises to the peak lr (core.train)
 MOMENTUM_SWING = 0.05  # OneCycle's momentum: this far either side of `momentum`, against the lr
 MAX_MOMENTUM = 0.94  # so that the swing's top stays below 1
 # What a value must be, by the setting's name, for range errors (type errors name the type).

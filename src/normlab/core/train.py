@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from normlab.config import TrainOptions, Variant
 from normlab.core import average as swa
@@ -39,7 +38,7 @@ from normlab.core.ghost import set_norm_batch
 from normlab.core.models import Net, choose_arch, count_params
 from normlab.core.records import EpochMetrics, RunResult
 from normlab.data import Dataset, batches, steps_per_epoch
-from normlab.validation import MOMENTUM_SWING
+from normlab.validation import MOMENTUM_SWING, WARM_UP
 
 
 def build_model(variant: Variant, dataset: Dataset, opts: TrainOptions, seed: int) -> Net:
@@ -115,7 +114,7 @@ def make_optimizer(
         total_steps=total_steps,
         # OneCycleLR divides by pct_start * total_steps - 1, which is zero for 0.25 x 4 steps
         # (one epoch of a 512-image subset): nudge the warm-up there, keep it everywhere else.
-        pct_start=0.25 if total_steps != 4 else 0.3,
+        pct_start=WARM_UP if total_steps != 4 else 0.3,
         anneal_strategy=opts.anneal,
         div_factor=10,
         final_div_factor=100,
@@ -165,7 +164,7 @@ class RunContext:
     device: torch.device
     eval_batch: int
     probe: ActivationProbe
-    average: AveragedModel | None  # SWA's average of the weights (core.average), when on
+    average: swa.WeightAverage | None  # SWA's average of the weights, when on
     swa_from: int  # optimizer steps before averaging begins
 
 
@@ -230,7 +229,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
-    ctx.probe.begin(steps_per_epoch(len(data.train), ctx.opts.batch_size), ctx.sched.last_epoch)
+    ctx.probe.begin(steps_per_epoch(len(data.train), ctx.opts.batch_size), swa.steps_done(ctx))
     batched = batches(data.train, ctx.opts.batch_size, ctx.generator)
     for step, (images, labels) in enumerate(batched):
         x = prepare_batch(images, data.mean, data.std, ctx.generator, ctx.augment)

@@ -83,6 +83,7 @@ class StudyFindings:
     pairs: tuple[PairFinding, ...]  # the pairs that could be tested, in ranking order
     stable_epochs: int  # how many last epochs the stability range covers
     device: str  # where the runs were timed
+    swa_epochs: int  # last epochs tested on the average of the weights (core.average); 0: none
 
     @property
     def reports_target(self) -> bool:
@@ -253,4 +254,5 @@ def study_findings(study: StoredStudy) -> StudyFindings:
         pairs=tuple(pair_findings(study, ranked)),
         stable_epochs=min(STABLE_EPOCHS, study.epochs),
         device=study.study.get("environment", {}).get("device", "?"),
+        swa_epochs=study.config["train"].get("swa_epochs", 0),
     )

@@ -164,7 +164,13 @@ def gap_item(f: StudyFindings) -> str:
         + ", ".join(f"{v.variant.name} {v.gap:+.2f}" for v in f.ranked)
         + " points"
     )
-    if any(v.gap < 0 for v in f.ranked):
+    if f.swa_epochs:
+        gaps += (
+            ". Training accuracy is that of the weights being trained, on augmented images; in "
+            f"the last {f.swa_epochs} epochs (SWA) the test accuracy is that of their average, so "
+            "the gap also holds what the averaging adds"
+        )
+    elif any(v.gap < 0 for v in f.ranked):
         gaps += (
             ". Training accuracy is measured on augmented images while the weights "
             "change, so a negative gap means the augmentation makes training harder than the test"
@@ -235,6 +241,12 @@ def statistics_gap_blocks(study: StoredStudy) -> list[Block]:
         f"the running statistics cost accuracy (largest: {largest.run}, {largest.gap:+.2f} "
         "points); precise - running is what recomputing them wins back."
     )
+    if study.config["train"].get("swa_epochs"):
+        text += (
+            " Here the runs end on an average of their weights (SWA), whose running statistics"
+            " are already precise BN's, recomputed for the averaged weights over the first"
+            " training batches: precise - running is 0 where precise BN averaged as many."
+        )
     columns = [
         "run",
         "images per statistic",
