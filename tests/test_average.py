@@ -58,11 +58,12 @@ def test_averaging_holds_the_lr_and_averages_every_step_of_the_last_epochs(data:
     torch.testing.assert_close(averaged, torch.stack(weights[16:]).mean(0))
 
 
-@pytest.mark.parametrize("norm", ["gn", "bn"])
+@pytest.mark.parametrize("norm", ["gn", "bn", "brn"])
 def test_a_run_stores_and_reports_the_average(data: Dataset, norm: str):
     """The stored weights are the average's, not the last step's; the last epoch's accuracy is
-    what they give (bn: with the statistics recomputed for them), and the epochs before the
-    averaging are tested on the run's own weights as without SWA."""
+    what they give (bn, brn: with the statistics recomputed for them; brn's step count, which
+    sets its limits, the trained network's), and the epochs before the averaging are tested on
+    the run's own weights as without SWA."""
     plain = train_run(parse_variant(norm), 0, data, replace(SWA, swa_epochs=0), CPU)
     result = train_run(parse_variant(norm), 0, data, SWA, CPU)
     ctx = make_context(parse_variant(norm), 0, data, SWA, CPU, total_steps=24)
@@ -74,6 +75,8 @@ def test_a_run_stores_and_reports_the_average(data: Dataset, norm: str):
     recompute_statistics(ctx, data, PRECISE_BN_BATCHES)  # bn: statistics of these weights
     for key, value in ctx.model.state_dict().items():
         torch.testing.assert_close(value, result.state_dict[key], msg=key)
+    steps = [v for k, v in result.state_dict.items() if k.endswith("renorm_steps")]
+    assert all(v == 24 for v in steps) and bool(steps) == (norm == "brn")  # 24 steps were taken
 
 
 def test_a_run_killed_while_averaging_resumes_to_the_same_result(data: Dataset, tmp_path):
@@ -134,7 +137,7 @@ def test_activation_statistics_keep_counting_steps_while_averaging(data: Dataset
 def test_averaging_starts_after_the_warm_up():
     """The held lr must be one on the way down: at most three quarters of the epochs."""
     TrainOptions(epochs=20, swa_epochs=15)
-    with pytest.raises(NormlabError, match=r"at most 15 of 20 epochs, got 16; raise epochs"):
+    with pytest.raises(NormlabError, match=r"at most 15 of 20 epochs, got 16; give at least 22"):
         TrainOptions(epochs=20, swa_epochs=16)
     with pytest.raises(NormlabError, match=r"swa_epochs must be 0 \(off\) or a number of epochs"):
         TrainOptions(swa_epochs=-1)
@@ -150,5 +153,6 @@ def test_a_study_file_averaging_all_its_epochs_is_one_line(capsys, tmp_path):
 def test_the_preset_cut_to_fewer_epochs_than_it_averages_is_one_line(capsys, tmp_path):
     args = ["sweep", "under-8k", "--epochs", "5", "--out", tmp_path / "out"]
     code, _, err = main_in_process(capsys, *args)
-    assert_one_line_error(code, err, "preset 'under-8k'", "at most 3 of 5 epochs, got 5")
+    expected = ("preset 'under-8k'", "at most 3 of 5 epochs, got 5", "at least 7 epochs (--epochs)")
+    assert_one_line_error(code, err, *expected)
     assert not (tmp_path / "out").exists()

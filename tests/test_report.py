@@ -478,7 +478,7 @@ def test_the_train_test_gap_of_an_averaged_study_says_what_each_side_measures() 
     plain = gap_item(study_findings(read_study(folder / "g2-4seeds")))
     assert "SWA" not in plain and "augmentation makes training harder" in plain
     gaps = statistics_gap_blocks(read_study(folder / "swa5-g2"))[1].text
-    assert "already precise BN's, recomputed for the averaged weights" in gaps
+    assert "recomputed for the averaged weights over the first 32 training batches" in gaps
     assert "SWA" not in statistics_gap_blocks(read_study(folder / "g2-4seeds"))[1].text
 
 

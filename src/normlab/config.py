@@ -62,6 +62,11 @@ DEVICES: tuple[str, ...] = get_args(Device)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
+def averaged_at_most(epochs: int) -> int:
+    """The most epochs `swa_epochs` may average: those after OneCycle's warm-up."""
+    return math.floor(epochs * (1 - WARM_UP))
+
+
 def parse_variants(text: str, l1: float = DEFAULT_L1, l2: float = DEFAULT_L2) -> list[Variant]:
     """A comma-separated list of variants, duplicates refused (they would share a folder)."""
     variants = [parse_variant(t, l1, l2) for t in text.split(",") if t.strip()]
@@ -134,13 +139,14 @@ class TrainOptions(Validated):
     def _swa_after_the_peak(self) -> TrainOptions:
         """Averaging holds the lr where the schedule stops (core.average): that must be past
         the warm-up, or the held lr would be one still rising, not the recipe's."""
-        most = math.floor(self.epochs * (1 - WARM_UP))
-        if self.swa_epochs > most:
+        if self.swa_epochs > averaged_at_most(self.epochs):
+            need = next(e for e in itertools.count(1) if averaged_at_most(e) >= self.swa_epochs)
             raise ConfigError(
                 "swa_epochs",
                 f" must leave the lr's warm-up (the first quarter of the epochs) to the schedule:"
-                f" at most {most} of {self.epochs} epochs, got {self.swa_epochs}; raise epochs or"
-                " lower swa_epochs in the study file",
+                f" at most {averaged_at_most(self.epochs)} of {self.epochs} epochs, got"
+                f" {self.swa_epochs}; give at least {need} epochs (--epochs) or a smaller"
+                " swa_epochs",
             )
         return self
 

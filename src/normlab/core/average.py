@@ -10,15 +10,17 @@ differ less. Averaging at a held lr rather than one falling to zero is the paper
 lr keeps the steps exploring the region that the average summarizes. The validator keeps the
 averaging after the lr's peak (`validation.WARM_UP`), so the held lr is one on the way down.
 
-`WeightAverage` is PyTorch's `AveragedModel` arithmetic (a copy of the network whose parameters
-are the running mean, a + (w - a) / n; bit for bit the same on a CPU) with its count a Python
-int: `AveragedModel` keeps the count in a tensor and reads it on the host at every step, which
-on a GPU waits for all the work queued before it. BatchNorm's running statistics are not
-averaged: statistics gathered under other weights do not describe the averaged network's
-activations, so before each test of the average they are recomputed for its weights from the
-first `PRECISE_BN_BATCHES` training batches (precise BN, `evaluation.recompute_statistics`; the
-paper's `update_bn` does it over a whole epoch). That recomputation is part of testing an
-average, so `--precise-bn` (the end-of-run measurement, 0 to skip it) does not turn it off.
+`WeightAverage` is the arithmetic of PyTorch's `AveragedModel` on a CPU (a copy of the network
+whose parameters are the running mean, a + (w - a) / n, bit for bit) with its count a Python int:
+`AveragedModel` keeps the count in a CPU tensor that it copies to the parameters' device at every
+step, which on a GPU is a copy from pageable memory that waits for the work queued before it.
+BatchNorm's running statistics are not averaged: statistics gathered under other weights do not
+describe the averaged network's activations, so before each test of the average they are
+recomputed for its weights from the first `STATISTICS_BATCHES` training batches (precise BN,
+`evaluation.recompute_statistics`; the paper's `update_bn` does it over a whole epoch). That
+recomputation is part of testing an average, so `--precise-bn` (the end-of-run measurement, 0 to
+skip it) does not turn it off. Other buffers (Batch Renormalization's step count) are the trained
+network's, copied before each test (`take_buffers`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from normlab.config import PRECISE_BN_BATCHES, TrainOptions
+from normlab.config import TrainOptions
 from normlab.core.evaluation import recompute_statistics
 from normlab.data import Dataset
 
 if TYPE_CHECKING:
     from normlab.core.train import RunContext
+
+STATISTICS_BATCHES = 32  # training batches the average's running statistics are recomputed from
 
 
 class WeightAverage:
@@ -106,7 +110,7 @@ def tested_network(ctx: RunContext, data: Dataset) -> nn.Module:
     if ctx.average is None or not ctx.average.count:
         return ctx.net
     ctx.average.take_buffers(ctx.model)
-    recompute_statistics(ctx, data, PRECISE_BN_BATCHES, ctx.average.module)
+    recompute_statistics(ctx, data, STATISTICS_BATCHES, ctx.average.module)
     return ctx.average.module
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from normlab.core.average import STATISTICS_BATCHES
 from normlab.report.doc import Block, Bullets, Heading, Para, Table
 from normlab.report.findings import (
     ALPHA,
@@ -245,7 +246,8 @@ def statistics_gap_blocks(study: StoredStudy) -> list[Block]:
         text += (
             " Here the runs end on an average of their weights (SWA), whose running statistics"
             " are already precise BN's, recomputed for the averaged weights over the first"
-            " training batches: precise - running is 0 where precise BN averaged as many."
+            f" {STATISTICS_BATCHES} training batches: precise - running is 0 where precise BN"
+            " averaged as many."
         )
     columns = [
         "run",
