@@ -254,5 +254,5 @@ def study_findings(study: StoredStudy) -> StudyFindings:
         pairs=tuple(pair_findings(study, ranked)),
         stable_epochs=min(STABLE_EPOCHS, study.epochs),
         device=study.study.get("environment", {}).get("device", "?"),
-        swa_epochs=study.config["train"].get("swa_epochs", 0),
+        swa_epochs=study.swa_epochs,
     )

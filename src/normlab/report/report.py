@@ -35,7 +35,7 @@ def _optimizer(study: StoredStudy) -> str:
     m = t["momentum"]
     swing = f"Nesterov momentum around {m:g} (OneCycle moves it against the lr)"
     cosine = " (cosine anneal)" if t.get("anneal") == "cos" else ""
-    n = t.get("swa_epochs", 0)
+    n = study.swa_epochs
     swa = f"; SWA: lr held for the last {n} epochs, tested on their average weights" if n else ""
     sgd = f"SGD, {swing if m else 'no momentum'}, OneCycle{cosine}"
     if len(pairs) == 1:

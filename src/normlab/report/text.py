@@ -242,7 +242,7 @@ def statistics_gap_blocks(study: StoredStudy) -> list[Block]:
         f"the running statistics cost accuracy (largest: {largest.run}, {largest.gap:+.2f} "
         "points); precise - running is what recomputing them wins back."
     )
-    if study.config["train"].get("swa_epochs"):
+    if study.swa_epochs:
         text += (
             " Here the runs end on an average of their weights (SWA), whose running statistics"
             " are already precise BN's, recomputed for the averaged weights over the first"

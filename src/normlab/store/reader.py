@@ -106,6 +106,12 @@ class StoredStudy:
         return int(self.config["train"]["epochs"])
 
     @property
+    def swa_epochs(self) -> int:
+        """The last epochs tested on an average of the weights (core.average); 0 for none, and
+        for a study from before the setting existed."""
+        return int(self.config["train"].get("swa_epochs", 0))
+
+    @property
     def seed_count(self) -> int:
         return max((len(v.seeds) for v in self.variants), default=0)
 
